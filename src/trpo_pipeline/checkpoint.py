@@ -1,0 +1,97 @@
+"""The one checkpoint format: state dicts, normaliser, RNG states, counters and the config.
+
+Saved atomically (temporary file, then rename) and loaded with ``weights_only=True``, so a
+checkpoint can carry tensors and plain containers but never code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+_KEYS = ("format_version", "actor", "critic", "critic_optimizer", "obs_normalizer", "rng",
+         "episodes", "global_step", "updates", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    actor: dict[str, Any]
+    critic: dict[str, Any]
+    critic_optimizer: dict[str, Any]
+    obs_normalizer: dict[str, Any] | None
+    rng: dict[str, Any]
+    episodes: dict[str, Any]  # count so far and the recent returns/lengths the progress shows
+    global_step: int  # environment transitions trained on so far
+    updates: int  # TRPO updates done so far
+    config: dict[str, Any]  # the run's config (config.to_dict)
+    format_version: int = FORMAT_VERSION
+
+
+def rng_state() -> dict[str, Any]:
+    """python, numpy and torch global RNG states, as plain containers and tensors."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` to ``path`` atomically: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(asdict(ckpt), f)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint without executing code; any problem is one :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise CheckpointError(f"{path}: refused to load (not a plain-data checkpoint: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})") from None
+    if not isinstance(data, dict) or not set(_KEYS) <= set(data):
+        raise CheckpointError(f"{path}: not a trpo-pipeline checkpoint (missing keys)")
+    if data["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {data['format_version']} is not supported (expected {FORMAT_VERSION})"
+        )
+    return Checkpoint(**{k: data[k] for k in _KEYS})

@@ -1,0 +1,282 @@
+"""The one configuration schema: frozen dataclasses, range checks, and conversion from Hydra.
+
+Every entry point composes conf/ with Hydra, then calls :func:`load_config` once; the rest of
+the package only ever sees these plain, validated objects. A bad value raises
+:class:`ConfigError`, whose message is one line naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVATIONS = ("tanh", "relu", "elu")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; ``str(err)`` is the one line to show them."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which gymnasium environment, and how its observations are preprocessed."""
+
+    id: str = "CartPole-v1"  # any id gymnasium's registry knows (classic control, MuJoCo)
+    normalize_obs: bool = False  # running mean/std normalisation, saved in the checkpoint
+    clip_obs: float = 10.0  # normalised observations are clipped to [-clip_obs, clip_obs]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Network shapes. Actor and critic are separate networks with separate parameters."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)  # actor MLP hidden layers
+    critic_hidden_sizes: tuple[int, ...] = (64, 64)  # critic MLP hidden layers
+    activation: str = "tanh"  # one of ACTIVATIONS
+    log_std_init: float = 0.0  # Gaussian policies: initial state-independent log std
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """TRPO (Schulman et al. 2015) with GAE (Schulman et al. 2016) and a fitted value function."""
+
+    max_kl: float = 0.01  # delta: trust-region radius on mean KL(old || new); 0.001-0.05 typical
+    gamma: float = 0.99  # discount in (0, 1]
+    gae_lambda: float = 0.95  # GAE lambda in [0, 1]: 0 = one-step TD, 1 = Monte Carlo
+    vf_lr: float = 1e-3  # Adam learning rate of the critic
+    vf_epochs: int = 10  # passes over the batch when fitting the critic
+    vf_minibatch: int = 64  # critic minibatch size
+    cg_iters: int = 10  # conjugate-gradient iterations for F^-1 g
+    cg_damping: float = 0.1  # F + damping * I keeps CG well conditioned
+    line_search_steps: int = 10  # backtracking steps before giving up on the update
+    line_search_shrink: float = 0.8  # step fraction multiplier per backtracking step
+    steps_per_update: int = 2048  # transitions per batch, across all envs
+    num_envs: int = 8  # parallel environments in the vector env
+    entropy_coef: float = 0.0  # weight of the entropy bonus in the surrogate
+    normalize_advantages: bool = True  # standardise advantages per batch
+    fvp_subsample: float = 1.0  # fraction of the batch used for Fisher-vector products
+
+    @property
+    def steps_per_env(self) -> int:
+        return self.steps_per_update // self.num_envs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training budget and run-time settings."""
+
+    total_steps: int = 100_000  # environment transitions to train for
+    checkpoint_every: int = 10  # updates between periodic checkpoints
+    torch_threads: int = 1  # small MLPs run fastest (and reproducibly) on one thread
+    device: str = "cpu"  # one of DEVICES
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Deterministic evaluation of a checkpoint."""
+
+    episodes: int = 20  # episodes, each with its own fixed seed
+    seed: int = 1_000_000  # episode i is reset with seed + i (disjoint from training seeds)
+    deterministic: bool = True  # argmax / mean action instead of sampling
+    checkpoint: str | None = None  # defaults to the run folder's checkpoint.pt
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole composed configuration of one run."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    name: str = "cartpole"  # experiment name: runs/<name>/seed<seed>
+    seed: int = 0  # seeds python, numpy, torch, the envs and their action spaces
+    resume: str | None = None  # checkpoint path to continue training from
+    overwrite: bool = False  # allow replacing the results already in the run folder
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(key, f"must be in {bracket}{low}, {high}], got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    a, p, t, e = cfg.algo, cfg.policy, cfg.train, cfg.evaluate
+    _positive("algo.max_kl", a.max_kl)
+    _in_range("algo.gamma", a.gamma, 0.0, 1.0, low_open=True)
+    _in_range("algo.gae_lambda", a.gae_lambda, 0.0, 1.0, low_open=False)
+    _in_range("algo.line_search_shrink", a.line_search_shrink, 0.0, 1.0, low_open=True)
+    if a.line_search_shrink == 1.0:
+        raise ConfigError("algo.line_search_shrink", "must be in (0, 1), got 1.0")
+    _in_range("algo.fvp_subsample", a.fvp_subsample, 0.0, 1.0, low_open=True)
+    for key in ("vf_lr", "vf_epochs", "vf_minibatch", "cg_iters", "line_search_steps",
+                "steps_per_update", "num_envs"):
+        _positive(f"algo.{key}", getattr(a, key))
+    if a.cg_damping < 0:
+        raise ConfigError("algo.cg_damping", f"must be >= 0, got {a.cg_damping}")
+    if a.entropy_coef < 0:
+        raise ConfigError("algo.entropy_coef", f"must be >= 0, got {a.entropy_coef}")
+    if a.steps_per_update % a.num_envs:
+        raise ConfigError(
+            "algo.steps_per_update",
+            f"must be a multiple of algo.num_envs={a.num_envs}, got {a.steps_per_update}",
+        )
+    if a.steps_per_env < 2:
+        raise ConfigError("algo.steps_per_update", "must give at least 2 steps per env")
+    for key in ("hidden_sizes", "critic_hidden_sizes"):
+        sizes = getattr(p, key)
+        if not sizes or any(s <= 0 for s in sizes):
+            raise ConfigError(f"policy.{key}", f"must be a non-empty list of sizes > 0, got {list(sizes)}")
+    if p.activation not in ACTIVATIONS:
+        raise ConfigError("policy.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {p.activation!r}")
+    _positive("env.clip_obs", cfg.env.clip_obs)
+    for key in ("total_steps", "checkpoint_every", "torch_threads"):
+        _positive(f"train.{key}", getattr(t, key))
+    if t.device not in DEVICES:
+        raise ConfigError("train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")
+    _positive("evaluate.episodes", e.episodes)
+    if e.seed < 0:
+        raise ConfigError("evaluate.seed", f"must be >= 0, got {e.seed}")
+    if cfg.seed < 0:
+        raise ConfigError("seed", f"must be >= 0, got {cfg.seed}")
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise ConfigError("name", f"must be a non-empty folder name without '/', got {cfg.name!r}")
+    _check_env_id(cfg.env.id)
+
+
+def _check_env_id(env_id: str) -> None:
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = sorted(k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower())
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see gymnasium.pprint_registry())"
+        raise ConfigError("env.id", f"unknown gymnasium environment {env_id!r}{hint}")
+
+
+# --- conversion from a (composed, resolved) mapping ------------------------------------------
+
+_NoneType = type(None)
+
+
+def _convert(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and _NoneType in args:
+            return None
+        (inner,) = [a for a in args if a is not _NoneType]
+        return _convert(key, value, inner)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"must be a group of keys, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        (inner, _) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"must be a list of {inner.__name__}, got {value!r}")
+        return tuple(_convert(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    # bool is an int subclass: reject it where a number is expected, and vice versa.
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} for {key}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}", f"unknown key (allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)})"
+        )
+    kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a plain nested mapping."""
+    cfg = _build(Config, values)
+    validate(cfg)
+    return cfg
+
+
+def load_config(cfg: Any) -> Config:
+    """Turn a composed Hydra ``DictConfig`` (or plain mapping) into a validated :class:`Config`."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(cfg, DictConfig):
+        try:
+            values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", "") or ""
+            raise ConfigError(key, str(err).splitlines()[0]) from None
+    else:
+        values = cfg
+    return config_from_dict(values)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict with lists (not tuples): what YAML, JSON and checkpoints store."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def describe_override_key(dotted: str) -> ConfigError:
+    """The error for overriding a key the schema does not have, listing what is allowed there."""
+    cls: Any = Config
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        prefix = ".".join(parts[:depth])
+        if part not in hints:
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            return ConfigError(dotted, f"unknown key (allowed under {prefix or 'the top level'}: {allowed})")
+        if not dataclasses.is_dataclass(hints[part]):
+            return ConfigError(dotted, f"{prefix + '.' if prefix else ''}{part} takes a single value")
+        cls = hints[part]
+    return ConfigError(dotted, "is a group of keys; override one of its keys instead")

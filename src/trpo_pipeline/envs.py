@@ -1,0 +1,112 @@
+"""Vector environments, seeding, and the running observation normaliser."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+# NEXT_STEP is the one mode every gymnasium vector env supports (the native CartPole vector env
+# supports nothing else): the step after a done returns the reset observation, reward 0 and
+# ignores the action. Rollouts mark that transition invalid (see rollout.py), and in exchange
+# the observation returned with done=True is the true final observation, which truncated
+# episodes bootstrap from.
+AUTORESET_MODE = AutoresetMode.NEXT_STEP
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """A vector env: gymnasium's native vectorised implementation when the env has one."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+    else:
+        envs = gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": AUTORESET_MODE},
+        )
+    mode = envs.metadata.get("autoreset_mode")
+    if mode != AUTORESET_MODE:
+        envs.close()
+        raise ValueError(f"{env_id}: vector env autoresets with {mode}, expected {AUTORESET_MODE}")
+    return envs
+
+
+def space_dims(envs: gym.vector.VectorEnv) -> tuple[int, gym.Space]:
+    """Flat observation size and the single-env action space (Discrete or Box)."""
+    obs_space = envs.single_observation_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"only flat Box observations are supported, got {obs_space}")
+    act_space = envs.single_action_space
+    if not isinstance(act_space, gym.spaces.Discrete | gym.spaces.Box):
+        raise ValueError(f"only Discrete and Box action spaces are supported, got {act_space}")
+    return int(obs_space.shape[0]), act_space
+
+
+@dataclass
+class ObsNormalizer:
+    """Running mean and variance of observations (parallel Welford / Chan et al. merge).
+
+    Statistics are frozen while a batch is collected and updated after it, so the policy that
+    acted and the policy that is updated see identically normalised observations.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: float
+    clip: float
+
+    @classmethod
+    def create(cls, dim: int, clip: float) -> ObsNormalizer:
+        # count starts at a tiny epsilon so the first merge is (numerically) a plain copy.
+        return cls(np.zeros(dim), np.ones(dim), 1e-4, clip)
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = batch.reshape(-1, self.mean.shape[0]).astype(np.float64)
+        b_mean, b_var, b_count = batch.mean(0), batch.var(0), batch.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        out = (obs - self.mean) / np.sqrt(self.var + 1e-8)
+        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "mean": torch.from_numpy(self.mean.copy()),
+            "var": torch.from_numpy(self.var.copy()),
+            "count": float(self.count),
+            "clip": float(self.clip),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, object]) -> ObsNormalizer:
+        return cls(
+            state["mean"].numpy().astype(np.float64),  # type: ignore[union-attr]
+            state["var"].numpy().astype(np.float64),  # type: ignore[union-attr]
+            float(state["count"]),  # type: ignore[arg-type]
+            float(state["clip"]),  # type: ignore[arg-type]
+        )
+
+
+def preprocess(obs: np.ndarray, normalizer: ObsNormalizer | None) -> np.ndarray:
+    """What the networks see: normalised when a normaliser is on, float32 always."""
+    if normalizer is None:
+        return np.asarray(obs, dtype=np.float32)
+    return normalizer.normalize(obs)

@@ -1,0 +1,92 @@
+"""Evaluate a checkpoint: N episodes with fixed seeds, deterministic actions by default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trpo_pipeline.checkpoint import load_checkpoint
+from trpo_pipeline.config import EvaluateConfig, config_from_dict
+from trpo_pipeline.envs import ObsNormalizer, make_vector_env, preprocess, space_dims
+from trpo_pipeline.policies import env_action, make_actor
+
+EVAL_METRICS = "eval_metrics.json"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    mean_return: float
+    std_return: float
+    min_return: float
+    max_return: float
+    mean_length: float
+    episodes: int
+    seed: int
+    deterministic: bool
+    env_id: str
+    checkpoint: str
+    env_steps_trained: int
+    returns: list[float]
+    lengths: list[int]
+
+
+def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
+    """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i.
+
+    The episodes run side by side in one vector env (one batched forward per step) and each
+    env's first episode is the one counted, so the result depends only on the checkpoint and
+    the seeds.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    run_cfg = config_from_dict(ckpt.config)
+    torch.manual_seed(cfg.seed)  # used only when sampling (deterministic=false)
+    envs = make_vector_env(run_cfg.env.id, cfg.episodes)
+    try:
+        obs_dim, action_space = space_dims(envs)
+        actor = make_actor(obs_dim, action_space, run_cfg.policy)
+        actor.load_state_dict(ckpt.actor)
+        actor.eval()
+        normalizer = None if ckpt.obs_normalizer is None else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+
+        obs, _ = envs.reset(seed=cfg.seed)
+        n = cfg.episodes
+        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+        running = np.ones(n, bool)
+        with torch.inference_mode():
+            while running.any():
+                x = torch.from_numpy(preprocess(obs, normalizer))
+                action = actor.mode(x) if cfg.deterministic else actor(x).sample()
+                obs, reward, terminated, truncated, _ = envs.step(env_action(action, action_space))
+                returns += np.where(running, reward, 0.0)
+                lengths += running
+                running &= ~(terminated | truncated)
+    finally:
+        envs.close()
+
+    return EvalResult(
+        mean_return=float(returns.mean()),
+        std_return=float(returns.std()),
+        min_return=float(returns.min()),
+        max_return=float(returns.max()),
+        mean_length=float(lengths.mean()),
+        episodes=n,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        env_id=run_cfg.env.id,
+        checkpoint=str(checkpoint),
+        env_steps_trained=ckpt.global_step,
+        returns=[float(r) for r in returns],
+        lengths=[int(v) for v in lengths],
+    )
+
+
+def write_eval(result: EvalResult, path: Path) -> None:
+    """Write the result as JSON, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    tmp.replace(path)

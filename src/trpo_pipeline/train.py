@@ -1,0 +1,284 @@
+"""The training loop: collect -> advantages -> policy step -> critic -> log -> checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from trpo_pipeline import advantages, trpo
+from trpo_pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trpo_pipeline.config import Config, ConfigError, to_dict
+from trpo_pipeline.envs import ObsNormalizer, make_vector_env, seed_everything, space_dims
+from trpo_pipeline.policies import Critic, make_actor
+from trpo_pipeline.rollout import EnvState, collect
+
+CHECKPOINT = "checkpoint.pt"
+LEARNING_CURVE = "learning_curve.csv"
+TRAIN_METRICS = "train_metrics.json"
+CONFIG = "config.yaml"
+RESULT_FILES = (CHECKPOINT, LEARNING_CURVE, TRAIN_METRICS)
+RETURN_WINDOW = 100  # episodes averaged into the reported training return
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One row of the learning curve: where training is, and what the update did."""
+
+    update: int
+    env_steps: int
+    episode_return: float  # mean over the last RETURN_WINDOW finished episodes (nan before one)
+    episode_length: float
+    episodes: int  # episodes finished so far
+    time_s: float  # wall-clock since this process started training
+    steps_per_s: float  # env steps per second over this update, collection and learning
+    stats: trpo.UpdateStats
+
+    def row(self) -> dict[str, float | int | bool | str]:
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "stats"}
+        return flat | dataclasses.asdict(self.stats)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    env_steps: int
+    updates: int
+    episode_return: float
+    wall_time_s: float
+    steps_per_s: float
+    history: list[UpdateRecord]
+
+
+Callback = Callable[[UpdateRecord], None]
+
+
+def check_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Refuse to silently replace results already in ``run_dir``."""
+    existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
+    if existing and not cfg.overwrite and cfg.resume is None:
+        raise ConfigError(
+            "",
+            f"{run_dir} already holds results ({', '.join(existing)}); pass resume=<checkpoint>, "
+            "overwrite=true, or another name=",
+        )
+
+
+def _env_seed(seed: int, updates: int) -> int:
+    # A fresh stream per (seed, update count): a resumed run resets its envs reproducibly.
+    return int(np.random.SeedSequence([seed, updates]).generate_state(1)[0])
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _check_resumable(ckpt: Checkpoint, cfg: Config, path: Path) -> None:
+    saved = ckpt.config
+    for group, key in (("env", "id"), ("env", "normalize_obs"), ("policy", "hidden_sizes"),
+                       ("policy", "critic_hidden_sizes"), ("policy", "activation")):
+        have = getattr(getattr(cfg, group), key)
+        had = saved.get(group, {}).get(key)
+        if (list(have) if isinstance(have, tuple) else have) != had:
+            raise CheckpointError(f"{path}: trained with {group}.{key}={had!r}, cannot resume with {have!r}")
+
+
+def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train a TRPO agent as ``cfg`` says, writing checkpoint and metrics into ``run_dir``.
+
+    ``callbacks`` see every :class:`UpdateRecord` as it is made (trackers, pruners); one may
+    raise to stop training, after the update's results are written.
+    """
+    check_run_dir(run_dir, cfg)
+    device = _resolve_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.torch_threads)
+    seed_everything(cfg.seed)
+    a = cfg.algo
+
+    envs = make_vector_env(cfg.env.id, a.num_envs)
+    try:
+        obs_dim, action_space = space_dims(envs)
+        actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
+        critic = Critic(obs_dim, cfg.policy).to(device)
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=a.vf_lr)
+        normalizer = ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
+        global_step, updates = 0, 0
+        recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
+        recent_lengths: deque[int] = deque(maxlen=RETURN_WINDOW)
+        episodes = 0
+        history: list[UpdateRecord] = []
+
+        if cfg.resume is not None:
+            path = Path(cfg.resume)
+            ckpt = load_checkpoint(path)
+            _check_resumable(ckpt, cfg, path)
+            actor.load_state_dict(ckpt.actor)
+            critic.load_state_dict(ckpt.critic)
+            critic_optimizer.load_state_dict(ckpt.critic_optimizer)
+            if normalizer is not None and ckpt.obs_normalizer is not None:
+                normalizer = ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+            set_rng_state(ckpt.rng)
+            global_step, updates = ckpt.global_step, ckpt.updates
+            episodes = ckpt.episodes["count"]
+            recent_returns.extend(ckpt.episodes["returns"])
+            recent_lengths.extend(ckpt.episodes["lengths"])
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        curve = _open_curve(run_dir / LEARNING_CURVE, keep_updates=updates)
+
+        def checkpoint() -> None:
+            save_checkpoint(
+                run_dir / CHECKPOINT,
+                Checkpoint(
+                    actor=actor.state_dict(),
+                    critic=critic.state_dict(),
+                    critic_optimizer=critic_optimizer.state_dict(),
+                    obs_normalizer=None if normalizer is None else normalizer.state_dict(),
+                    rng=rng_state(),
+                    episodes={"count": episodes, "returns": list(recent_returns),
+                              "lengths": list(recent_lengths)},
+                    global_step=global_step,
+                    updates=updates,
+                    config=to_dict(cfg),
+                ),
+            )
+
+        env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
+        bar = tqdm(total=cfg.train.total_steps, initial=min(global_step, cfg.train.total_steps),
+                   unit="step", unit_scale=True, disable=not cfg.train.progress, file=sys.stderr,
+                   dynamic_ncols=True, desc=cfg.name)
+        start, start_step = time.perf_counter(), global_step
+        try:
+            while global_step < cfg.train.total_steps:
+                t0 = time.perf_counter()
+                batch = collect(env_state, actor, a.steps_per_env, normalizer, device)
+                valid = batch.valid
+                with torch.no_grad():
+                    values = critic(batch.obs)  # V(s_0..s_T), one batched forward
+                adv, returns = advantages.gae(
+                    batch.rewards, values[:-1], values[1:], batch.terminated, batch.truncated,
+                    a.gamma, a.gae_lambda,
+                )
+                adv = adv[valid]
+                if a.normalize_advantages:
+                    adv = advantages.normalize(adv)
+                stats = trpo.update(
+                    actor, critic, critic_optimizer,
+                    batch.obs[:-1][valid], batch.actions[valid], adv, returns[valid],
+                    values[:-1][valid], a,
+                )
+                if normalizer is not None:
+                    normalizer.update(batch.raw_obs[valid.cpu().numpy()])
+
+                n = batch.num_transitions
+                global_step += n
+                updates += 1
+                episodes += len(batch.episode_returns)
+                recent_returns.extend(batch.episode_returns)
+                recent_lengths.extend(batch.episode_lengths)
+                now = time.perf_counter()
+                record = UpdateRecord(
+                    update=updates,
+                    env_steps=global_step,
+                    episode_return=float(np.mean(recent_returns)) if recent_returns else float("nan"),
+                    episode_length=float(np.mean(recent_lengths)) if recent_lengths else float("nan"),
+                    episodes=episodes,
+                    time_s=now - start,
+                    steps_per_s=n / max(now - t0, 1e-9),
+                    stats=stats,
+                )
+                history.append(record)
+                curve.write(record)
+                if updates % cfg.train.checkpoint_every == 0:
+                    checkpoint()
+                bar.update(min(global_step, cfg.train.total_steps) - bar.n)
+                bar.set_postfix(ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False)
+                for callback in callbacks:
+                    callback(record)
+        finally:
+            bar.close()
+            curve.close()
+        checkpoint()
+    finally:
+        envs.close()
+
+    wall = time.perf_counter() - start
+    result = TrainResult(
+        run_dir=run_dir,
+        checkpoint=run_dir / CHECKPOINT,
+        env_steps=global_step,
+        updates=updates,
+        episode_return=history[-1].episode_return if history else float("nan"),
+        wall_time_s=wall,
+        steps_per_s=(global_step - start_step) / wall if wall > 0 else 0.0,
+        history=history,
+    )
+    _write_json(run_dir / TRAIN_METRICS, {
+        "env_steps": result.env_steps,
+        "updates": result.updates,
+        "episode_return": result.episode_return,
+        "wall_time_s": result.wall_time_s,
+        "steps_per_s": result.steps_per_s,
+    })
+    return result
+
+
+class _CurveWriter:
+    """Appends learning-curve rows to a CSV, flushed per update so a crash loses at most one."""
+
+    def __init__(self, path: Path, rows: list[dict[str, str]], fields: list[str] | None) -> None:
+        self.path = path
+        self.fields = fields
+        self.file = path.open("w", newline="")
+        self.writer: csv.DictWriter | None = None
+        if fields is not None:
+            self.writer = csv.DictWriter(self.file, fieldnames=fields)
+            self.writer.writeheader()
+            self.writer.writerows(rows)
+            self.file.flush()
+
+    def write(self, record: UpdateRecord) -> None:
+        row = record.row()
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_curve(path: Path, keep_updates: int) -> _CurveWriter:
+    """Start the learning curve; on resume keep the rows up to the checkpoint's update."""
+    rows: list[dict[str, str]] = []
+    fields: list[str] | None = None
+    if keep_updates and path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or []) or None
+            rows = [r for r in reader if int(r["update"]) <= keep_updates]
+    return _CurveWriter(path, rows, fields)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
