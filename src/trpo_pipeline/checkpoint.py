@@ -19,8 +19,18 @@ import numpy as np
 import torch
 
 FORMAT_VERSION = 1
-_KEYS = ("format_version", "actor", "critic", "critic_optimizer", "obs_normalizer", "rng",
-         "episodes", "global_step", "updates", "config")
+_KEYS = (
+    "format_version",
+    "actor",
+    "critic",
+    "critic_optimizer",
+    "obs_normalizer",
+    "rng",
+    "episodes",
+    "global_step",
+    "updates",
+    "config",
+)
 
 
 class CheckpointError(ValueError):
@@ -46,8 +56,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
 
@@ -56,7 +71,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"])
 
@@ -85,13 +106,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(f"{path}: refused to load (not a plain-data checkpoint: {first})") from None
+        raise CheckpointError(
+            f"{path}: refused to load (not a plain-data checkpoint: {first})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})"
+        ) from None
     if not isinstance(data, dict) or not set(_KEYS) <= set(data):
         raise CheckpointError(f"{path}: not a trpo-pipeline checkpoint (missing keys)")
     if data["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {data['format_version']} is not supported (expected {FORMAT_VERSION})"
+            f"{path}: checkpoint format {data['format_version']} is not supported "
+            f"(expected {FORMAT_VERSION})"
         )
     return Checkpoint(**{k: data[k] for k in _KEYS})

@@ -18,8 +18,20 @@ from trpo_pipeline.config import Config, ConfigError, describe_override_key, loa
 
 CONFIG_NAME = "config"
 # Hydra flags that take a value (the value is not an override).
-_FLAGS_WITH_VALUE = {"-c", "--cfg", "-cp", "--config-path", "-cn", "--config-name", "-cd",
-                     "--config-dir", "-p", "--package", "--info", "-i"}
+_FLAGS_WITH_VALUE = {
+    "-c",
+    "--cfg",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "-p",
+    "--package",
+    "--info",
+    "-i",
+}
 _FLAGS_SKIPPING_CHECKS = {"-h", "--help", "--hydra-help", "--version", "--shell-completion", "-sc"}
 
 
@@ -116,7 +128,7 @@ def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
 
 
 def preflight(argv: Sequence[str], conf_dir: Path) -> list[Config]:
-    """Compose and validate every job of this command line; raise ConfigError on the first bad one."""
+    """Compose and validate every job of this command line; ConfigError on the first bad one."""
     overrides, multirun, wanted = split_argv(argv)
     if not wanted:
         return []
@@ -185,7 +197,9 @@ def _evaluate_task(dcfg: Any) -> float:
 
     def body(run_dir: Path) -> float:
         cfg = load_config(dcfg)
-        checkpoint = Path(cfg.evaluate.checkpoint) if cfg.evaluate.checkpoint else run_dir / CHECKPOINT
+        checkpoint = (
+            Path(cfg.evaluate.checkpoint) if cfg.evaluate.checkpoint else run_dir / CHECKPOINT
+        )
         out = run_dir / EVAL_METRICS
         if out.exists() and not cfg.overwrite:
             raise ConfigError("", f"{out} already exists; pass overwrite=true to replace it")

@@ -129,8 +129,15 @@ def validate(cfg: Config) -> None:
     if a.line_search_shrink == 1.0:
         raise ConfigError("algo.line_search_shrink", "must be in (0, 1), got 1.0")
     _in_range("algo.fvp_subsample", a.fvp_subsample, 0.0, 1.0, low_open=True)
-    for key in ("vf_lr", "vf_epochs", "vf_minibatch", "cg_iters", "line_search_steps",
-                "steps_per_update", "num_envs"):
+    for key in (
+        "vf_lr",
+        "vf_epochs",
+        "vf_minibatch",
+        "cg_iters",
+        "line_search_steps",
+        "steps_per_update",
+        "num_envs",
+    ):
         _positive(f"algo.{key}", getattr(a, key))
     if a.cg_damping < 0:
         raise ConfigError("algo.cg_damping", f"must be >= 0, got {a.cg_damping}")
@@ -146,9 +153,13 @@ def validate(cfg: Config) -> None:
     for key in ("hidden_sizes", "critic_hidden_sizes"):
         sizes = getattr(p, key)
         if not sizes or any(s <= 0 for s in sizes):
-            raise ConfigError(f"policy.{key}", f"must be a non-empty list of sizes > 0, got {list(sizes)}")
+            raise ConfigError(
+                f"policy.{key}", f"must be a non-empty list of sizes > 0, got {list(sizes)}"
+            )
     if p.activation not in ACTIVATIONS:
-        raise ConfigError("policy.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {p.activation!r}")
+        raise ConfigError(
+            "policy.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {p.activation!r}"
+        )
     _positive("env.clip_obs", cfg.env.clip_obs)
     for key in ("total_steps", "checkpoint_every", "torch_threads"):
         _positive(f"train.{key}", getattr(t, key))
@@ -168,8 +179,14 @@ def _check_env_id(env_id: str) -> None:
     import gymnasium as gym
 
     if env_id not in gym.registry:
-        close = sorted(k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower())
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (see gymnasium.pprint_registry())"
+        close = sorted(
+            k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()
+        )
+        hint = (
+            f" (did you mean {', '.join(close)}?)"
+            if close
+            else " (see gymnasium.pprint_registry())"
+        )
         raise ConfigError("env.id", f"unknown gymnasium environment {env_id!r}{hint}")
 
 
@@ -223,8 +240,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
     if unknown:
+        where = prefix.rstrip(".") or "the top level"
         raise ConfigError(
-            f"{prefix}{unknown[0]}", f"unknown key (allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)})"
+            f"{prefix}{unknown[0]}", f"unknown key (allowed under {where}: {', '.join(names)})"
         )
     kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
@@ -275,8 +293,12 @@ def describe_override_key(dotted: str) -> ConfigError:
         prefix = ".".join(parts[:depth])
         if part not in hints:
             allowed = ", ".join(f.name for f in dataclasses.fields(cls))
-            return ConfigError(dotted, f"unknown key (allowed under {prefix or 'the top level'}: {allowed})")
+            return ConfigError(
+                dotted, f"unknown key (allowed under {prefix or 'the top level'}: {allowed})"
+            )
         if not dataclasses.is_dataclass(hints[part]):
-            return ConfigError(dotted, f"{prefix + '.' if prefix else ''}{part} takes a single value")
+            return ConfigError(
+                dotted, f"{prefix + '.' if prefix else ''}{part} takes a single value"
+            )
         cls = hints[part]
     return ConfigError(dotted, "is a group of keys; override one of its keys instead")

@@ -50,7 +50,11 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
         actor = make_actor(obs_dim, action_space, run_cfg.policy)
         actor.load_state_dict(ckpt.actor)
         actor.eval()
-        normalizer = None if ckpt.obs_normalizer is None else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+        normalizer = (
+            None
+            if ckpt.obs_normalizer is None
+            else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+        )
 
         obs, _ = envs.reset(seed=cfg.seed)
         n = cfg.episodes

@@ -6,6 +6,7 @@ to V(s). They share no parameters, so the critic's optimiser can never move the 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import gymnasium as gym
@@ -21,11 +22,13 @@ torch.distributions.Distribution.set_default_validate_args(False)
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str, out_gain: float) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str, out_gain: float
+) -> nn.Sequential:
     """An MLP with orthogonal init (gain sqrt(2) inside, ``out_gain`` on the last layer)."""
     layers: list[nn.Module] = []
     sizes = (in_dim, *hidden)
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers += [_init(nn.Linear(a, b), math.sqrt(2)), _ACTIVATIONS[activation]()]
     layers.append(_init(nn.Linear(sizes[-1], out_dim), out_gain))
     return nn.Sequential(*layers)

@@ -18,7 +18,14 @@ import yaml
 from tqdm import tqdm
 
 from trpo_pipeline import advantages, trpo
-from trpo_pipeline.checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trpo_pipeline.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trpo_pipeline.config import Config, ConfigError, to_dict
 from trpo_pipeline.envs import ObsNormalizer, make_vector_env, seed_everything, space_dims
 from trpo_pipeline.policies import Critic, make_actor
@@ -91,12 +98,19 @@ def _resolve_device(name: str) -> torch.device:
 
 def _check_resumable(ckpt: Checkpoint, cfg: Config, path: Path) -> None:
     saved = ckpt.config
-    for group, key in (("env", "id"), ("env", "normalize_obs"), ("policy", "hidden_sizes"),
-                       ("policy", "critic_hidden_sizes"), ("policy", "activation")):
+    for group, key in (
+        ("env", "id"),
+        ("env", "normalize_obs"),
+        ("policy", "hidden_sizes"),
+        ("policy", "critic_hidden_sizes"),
+        ("policy", "activation"),
+    ):
         have = getattr(getattr(cfg, group), key)
         had = saved.get(group, {}).get(key)
         if (list(have) if isinstance(have, tuple) else have) != had:
-            raise CheckpointError(f"{path}: trained with {group}.{key}={had!r}, cannot resume with {have!r}")
+            raise CheckpointError(
+                f"{path}: trained with {group}.{key}={had!r}, cannot resume with {have!r}"
+            )
 
 
 def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
@@ -117,7 +131,9 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
         critic = Critic(obs_dim, cfg.policy).to(device)
         critic_optimizer = torch.optim.Adam(critic.parameters(), lr=a.vf_lr)
-        normalizer = ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
+        normalizer = (
+            ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
+        )
         global_step, updates = 0, 0
         recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         recent_lengths: deque[int] = deque(maxlen=RETURN_WINDOW)
@@ -152,8 +168,11 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                     critic_optimizer=critic_optimizer.state_dict(),
                     obs_normalizer=None if normalizer is None else normalizer.state_dict(),
                     rng=rng_state(),
-                    episodes={"count": episodes, "returns": list(recent_returns),
-                              "lengths": list(recent_lengths)},
+                    episodes={
+                        "count": episodes,
+                        "returns": list(recent_returns),
+                        "lengths": list(recent_lengths),
+                    },
                     global_step=global_step,
                     updates=updates,
                     config=to_dict(cfg),
@@ -161,9 +180,16 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
             )
 
         env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
-        bar = tqdm(total=cfg.train.total_steps, initial=min(global_step, cfg.train.total_steps),
-                   unit="step", unit_scale=True, disable=not cfg.train.progress, file=sys.stderr,
-                   dynamic_ncols=True, desc=cfg.name)
+        bar = tqdm(
+            total=cfg.train.total_steps,
+            initial=min(global_step, cfg.train.total_steps),
+            unit="step",
+            unit_scale=True,
+            disable=not cfg.train.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc=cfg.name,
+        )
         start, start_step = time.perf_counter(), global_step
         try:
             while global_step < cfg.train.total_steps:
@@ -173,16 +199,27 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                 with torch.no_grad():
                     values = critic(batch.obs)  # V(s_0..s_T), one batched forward
                 adv, returns = advantages.gae(
-                    batch.rewards, values[:-1], values[1:], batch.terminated, batch.truncated,
-                    a.gamma, a.gae_lambda,
+                    batch.rewards,
+                    values[:-1],
+                    values[1:],
+                    batch.terminated,
+                    batch.truncated,
+                    a.gamma,
+                    a.gae_lambda,
                 )
                 adv = adv[valid]
                 if a.normalize_advantages:
                     adv = advantages.normalize(adv)
                 stats = trpo.update(
-                    actor, critic, critic_optimizer,
-                    batch.obs[:-1][valid], batch.actions[valid], adv, returns[valid],
-                    values[:-1][valid], a,
+                    actor,
+                    critic,
+                    critic_optimizer,
+                    batch.obs[:-1][valid],
+                    batch.actions[valid],
+                    adv,
+                    returns[valid],
+                    values[:-1][valid],
+                    a,
                 )
                 if normalizer is not None:
                     normalizer.update(batch.raw_obs[valid.cpu().numpy()])
@@ -197,8 +234,12 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                 record = UpdateRecord(
                     update=updates,
                     env_steps=global_step,
-                    episode_return=float(np.mean(recent_returns)) if recent_returns else float("nan"),
-                    episode_length=float(np.mean(recent_lengths)) if recent_lengths else float("nan"),
+                    episode_return=float(np.mean(recent_returns))
+                    if recent_returns
+                    else float("nan"),
+                    episode_length=float(np.mean(recent_lengths))
+                    if recent_lengths
+                    else float("nan"),
                     episodes=episodes,
                     time_s=now - start,
                     steps_per_s=n / max(now - t0, 1e-9),
@@ -209,7 +250,9 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                 if updates % cfg.train.checkpoint_every == 0:
                     checkpoint()
                 bar.update(min(global_step, cfg.train.total_steps) - bar.n)
-                bar.set_postfix(ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False)
+                bar.set_postfix(
+                    ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False
+                )
                 for callback in callbacks:
                     callback(record)
         finally:
@@ -230,13 +273,16 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         steps_per_s=(global_step - start_step) / wall if wall > 0 else 0.0,
         history=history,
     )
-    _write_json(run_dir / TRAIN_METRICS, {
-        "env_steps": result.env_steps,
-        "updates": result.updates,
-        "episode_return": result.episode_return,
-        "wall_time_s": result.wall_time_s,
-        "steps_per_s": result.steps_per_s,
-    })
+    _write_json(
+        run_dir / TRAIN_METRICS,
+        {
+            "env_steps": result.env_steps,
+            "updates": result.updates,
+            "episode_return": result.episode_return,
+            "wall_time_s": result.wall_time_s,
+            "steps_per_s": result.steps_per_s,
+        },
+    )
     return result
 
 

@@ -79,7 +79,10 @@ def flat_grad(
         y, params, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True
     )
     return torch.cat(
-        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
     )
 
 
@@ -196,7 +199,12 @@ def line_search(
     for k in range(steps):
         set_flat_params(params, theta_old + shrink**k * full_step)
         new_surrogate, kl = evaluate()
-        if math.isfinite(new_surrogate) and math.isfinite(kl) and kl <= max_kl and new_surrogate > surrogate_old:
+        if (
+            math.isfinite(new_surrogate)
+            and math.isfinite(kl)
+            and kl <= max_kl
+            and new_surrogate > surrogate_old
+        ):
             return True, k + 1, new_surrogate, kl
     set_flat_params(params, theta_old)
     return False, steps, surrogate_old, 0.0
@@ -224,7 +232,9 @@ def policy_step(
     L_old_value = float(L_old.detach())
 
     def skip(reason: str, residual: float = 0.0, grad_norm: float = 0.0) -> PolicyStep:
-        return PolicyStep(L_old_value, L_old_value, 0.0, 0, False, reason, residual, 0.0, grad_norm, entropy)
+        return PolicyStep(
+            L_old_value, L_old_value, 0.0, 0, False, reason, residual, 0.0, grad_norm, entropy
+        )
 
     grad_norm = float(g.norm())
     if not math.isfinite(grad_norm):
@@ -260,7 +270,9 @@ def policy_step(
         cfg.line_search_steps,
         cfg.line_search_shrink,
     )
-    return PolicyStep(L_old_value, L_new, kl, tried, accepted, "", residual, alpha, grad_norm, entropy)
+    return PolicyStep(
+        L_old_value, L_new, kl, tried, accepted, "", residual, alpha, grad_norm, entropy
+    )
 
 
 # --- the critic ---------------------------------------------------------------------------------
