@@ -84,7 +84,8 @@ def check_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 def _env_seed(seed: int, updates: int) -> int:
-    # A fresh stream per (seed, update count): a resumed run resets its envs reproducibly.
+    # A fresh stream per (seed, update count), so envs restarted at a checkpoint boundary
+    # (and a run resumed there) get the same seeds.
     return int(np.random.SeedSequence([seed, updates]).generate_state(1)[0])
 
 
@@ -155,6 +156,9 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
             recent_returns.extend(ckpt.episodes["returns"])
             recent_lengths.extend(ckpt.episodes["lengths"])
 
+        # What the checkpoint records is the run, not how it was launched: a run resumed after
+        # a kill then writes the same bytes as one that was never interrupted.
+        run_config = to_dict(dataclasses.replace(cfg, resume=None, overwrite=False))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         curve = _open_curve(run_dir / LEARNING_CURVE, keep_updates=updates)
@@ -175,7 +179,7 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                     },
                     global_step=global_step,
                     updates=updates,
-                    config=to_dict(cfg),
+                    config=run_config,
                 ),
             )
 
@@ -249,6 +253,10 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                 curve.write(record)
                 if updates % cfg.train.checkpoint_every == 0:
                     checkpoint()
+                    # Episodes in flight are cut here (the batch end already bootstrapped them
+                    # like a truncation) and every env restarts from a seed of (seed, updates):
+                    # a run resumed from this checkpoint continues bit-identically.
+                    env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
                 bar.update(min(global_step, cfg.train.total_steps) - bar.n)
                 bar.set_postfix(
                     ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False
