@@ -131,7 +131,8 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         obs_dim, action_space = space_dims(envs)
         actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
         critic = Critic(obs_dim, cfg.policy).to(device)
-        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=a.vf_lr)
+        # fused: one kernel per parameter tensor instead of a dozen; the same Adam update.
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=a.vf_lr, fused=True)
         normalizer = (
             ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
         )
