@@ -6,12 +6,13 @@ checkpoint can carry tensors and plain containers but never code.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _to_payload(ckpt: Checkpoint) -> dict[str, Any]:
+    # The config goes in as sorted JSON text: pickling it as nested dicts would make the bytes
+    # depend on which equal strings happen to be the same Python object (pickle's memo), and
+    # equal runs must write equal files.
+    payload = {f.name: getattr(ckpt, f.name) for f in fields(ckpt)}
+    payload["config"] = json.dumps(ckpt.config, sort_keys=True)
+    return payload
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(asdict(ckpt), f)
+            torch.save(_to_payload(ckpt), f)
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).replace(path)
@@ -120,4 +130,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path}: checkpoint format {data['format_version']} is not supported "
             f"(expected {FORMAT_VERSION})"
         )
-    return Checkpoint(**{k: data[k] for k in _KEYS})
+    try:
+        config = json.loads(data["config"])
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: the config stored in it is unreadable") from None
+    return Checkpoint(**{k: data[k] for k in _KEYS} | {"config": config})

@@ -298,22 +298,17 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
 class _CurveWriter:
     """Appends learning-curve rows to a CSV, flushed per update so a crash loses at most one."""
 
-    def __init__(self, path: Path, rows: list[dict[str, str]], fields: list[str] | None) -> None:
-        self.path = path
-        self.fields = fields
-        self.file = path.open("w", newline="")
+    def __init__(self, path: Path, *, append: bool) -> None:
+        self.file = path.open("a" if append else "w", newline="")
         self.writer: csv.DictWriter | None = None
-        if fields is not None:
-            self.writer = csv.DictWriter(self.file, fieldnames=fields)
-            self.writer.writeheader()
-            self.writer.writerows(rows)
-            self.file.flush()
+        self.header_written = append
 
     def write(self, record: UpdateRecord) -> None:
         row = record.row()
         if self.writer is None:
             self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            self.writer.writeheader()
+            if not self.header_written:
+                self.writer.writeheader()
         self.writer.writerow(row)
         self.file.flush()
 
@@ -322,15 +317,28 @@ class _CurveWriter:
 
 
 def _open_curve(path: Path, keep_updates: int) -> _CurveWriter:
-    """Start the learning curve; on resume keep the rows up to the checkpoint's update."""
-    rows: list[dict[str, str]] = []
-    fields: list[str] | None = None
-    if keep_updates and path.exists():
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or []) or None
-            rows = [r for r in reader if int(r["update"]) <= keep_updates]
-    return _CurveWriter(path, rows, fields)
+    """Start the learning curve; on resume keep the rows up to the checkpoint's update.
+
+    Rows written after the checkpoint (and a row cut short by a kill) are dropped, by writing
+    the kept rows to a temporary file that replaces the old one.
+    """
+    if not (keep_updates and path.exists()):
+        return _CurveWriter(path, append=False)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [
+            r
+            for r in reader
+            if None not in r.values() and r["update"].isdigit() and int(r["update"]) <= keep_updates
+        ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return _CurveWriter(path, append=True)
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:
