@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -25,9 +26,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _route_mujoco_warnings() -> None:
+    """MuJoCo prints its model-compiler warnings to stderr once per env (16 envs, 16 copies);
+    sent through Python's warnings they are shown once and can be filtered."""
+    import mujoco
+
+    def warn(message: str) -> None:
+        warnings.warn(f"MuJoCo: {message.strip()}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(warn)
+
+
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """A vector env: gymnasium's native vectorised implementation when the env has one."""
     spec = gym.spec(env_id)
+    if "mujoco" in str(spec.entry_point):
+        _route_mujoco_warnings()
     if spec.vector_entry_point is not None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     else:
