@@ -11,7 +11,6 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: refused to load (not a plain-data checkpoint: {first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # corrupt bytes also surface as IndexError, KeyError, ...
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})"
         ) from None
