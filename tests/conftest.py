@@ -27,7 +27,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config() -> Callable[..., Config]:
     """``tiny_config(env_id, **groups)``: a validated Config that trains in well under a second."""
 

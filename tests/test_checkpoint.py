@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -82,6 +83,14 @@ def test_save_load_roundtrip(saved):
     assert (loaded.global_step, loaded.updates) == (1234, 5)
     assert loaded.format_version == FORMAT_VERSION
     assert list(path.parent.iterdir()) == [path]  # the temporary file was renamed into place
+
+
+def test_checkpoint_gets_the_permissions_of_any_other_output(saved):
+    # Colleagues who can read the run folder's CSV and YAML can read its checkpoint too.
+    path, _ = saved
+    other = path.parent / "learning_curve.csv"
+    other.write_text("update\n")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(other.stat().st_mode)
 
 
 def test_rng_states_restore_every_generator(saved):

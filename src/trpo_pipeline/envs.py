@@ -37,12 +37,18 @@ def _route_mujoco_warnings() -> None:
     mujoco.set_mju_user_warning(warn)
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """A vector env: gymnasium's native vectorised implementation when the env has one."""
+def make_vector_env(
+    env_id: str, num_envs: int, *, seed_per_env: bool = False
+) -> gym.vector.VectorEnv:
+    """A vector env: gymnasium's native vectorised implementation when the env has one.
+
+    ``seed_per_env`` asks for one gymnasium env per slot instead, so that ``reset(seed=s)``
+    seeds env i with s + i: a native vector env (CartPole's) draws every env from one generator.
+    """
     spec = gym.spec(env_id)
     if "mujoco" in str(spec.entry_point):
         _route_mujoco_warnings()
-    if spec.vector_entry_point is not None:
+    if spec.vector_entry_point is not None and not seed_per_env:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     else:
         envs = gym.make_vec(

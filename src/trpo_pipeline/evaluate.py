@@ -44,7 +44,7 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
     ckpt = load_checkpoint(checkpoint)
     run_cfg = config_from_dict(ckpt.config)
     torch.manual_seed(cfg.seed)  # used only when sampling (deterministic=false)
-    envs = make_vector_env(run_cfg.env.id, cfg.episodes)
+    envs = make_vector_env(run_cfg.env.id, cfg.episodes, seed_per_env=True)
     try:
         obs_dim, action_space = space_dims(envs)
         actor = make_actor(obs_dim, action_space, run_cfg.policy)

@@ -1,0 +1,123 @@
+"""train.py: what a run writes, when it refuses to run, and how it resumes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import pytest
+import yaml
+
+from trpo_pipeline.checkpoint import CheckpointError, load_checkpoint
+from trpo_pipeline.config import ConfigError, config_from_dict
+from trpo_pipeline.train import UpdateRecord, train
+from trpo_pipeline.trpo import UpdateStats
+
+TIMING = {"time_s", "steps_per_s"}
+
+
+def read_curve(path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_a_run_writes_config_checkpoint_curve_and_metrics(tmp_path, tiny_config):
+    cfg = tiny_config(algo={"steps_per_update": 512, "num_envs": 4}, train={"total_steps": 1024})
+    seen: list[UpdateRecord] = []
+
+    result = train(cfg, tmp_path, callbacks=[seen.append])
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "learning_curve.csv",
+        "train_metrics.json",
+    ]
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg
+
+    rows = read_curve(tmp_path / "learning_curve.csv")
+    assert len(rows) == result.updates == len(result.history) >= 2
+    assert seen == result.history
+    stats_columns = {f.name for f in dataclasses.fields(UpdateStats)}
+    assert stats_columns <= set(rows[0]) and {"update", "env_steps", "episode_return"} <= set(
+        rows[0]
+    )
+    assert [int(r["update"]) for r in rows] == list(range(1, result.updates + 1))
+    steps = [int(r["env_steps"]) for r in rows]
+    assert steps == sorted(steps) and steps[-1] == result.env_steps >= cfg.train.total_steps
+    # A batch holds steps_per_update env steps, less the autoreset steps that are not trained on.
+    assert all(0 < b - a <= 512 for a, b in zip([0, *steps], steps, strict=False))
+
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert metrics["env_steps"] == result.env_steps and metrics["updates"] == result.updates
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (ckpt.global_step, ckpt.updates) == (result.env_steps, result.updates)
+    assert ckpt.episodes["count"] == int(rows[-1]["episodes"]) > 0
+
+
+def test_a_run_refuses_a_folder_that_holds_results(tmp_path, tiny_config):
+    cfg = tiny_config()
+    train(cfg, tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    with pytest.raises(ConfigError, match="already holds results") as caught:
+        train(cfg, tmp_path)
+    assert str(tmp_path) in str(caught.value) and "overwrite=true" in str(caught.value)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+    other_seed = dataclasses.replace(cfg, seed=1, overwrite=True)
+    train(other_seed, tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() != before
+
+
+def test_resume_continues_bit_identically_from_a_periodic_checkpoint(tmp_path, tiny_config):
+    cfg = tiny_config(
+        algo={"steps_per_update": 128, "num_envs": 2},
+        train={"total_steps": 512, "checkpoint_every": 2},
+    )
+    mid = tmp_path / "update2.pt"
+
+    def keep_update_2(record: UpdateRecord) -> None:
+        if record.update == 2:
+            shutil.copy(tmp_path / "straight" / "checkpoint.pt", mid)
+
+    straight = train(cfg, tmp_path / "straight", callbacks=[keep_update_2])
+    resumed = [train(dataclasses.replace(cfg, resume=str(mid)), tmp_path / f"r{i}") for i in (1, 2)]
+
+    assert straight.updates > 3
+    assert load_checkpoint(mid).global_step == straight.history[1].env_steps
+    assert resumed[0].history[0].update == 3  # continues from the checkpoint's counters
+    assert [r.env_steps for r in resumed[0].history] == [r.env_steps for r in straight.history[2:]]
+    straight_bytes = (tmp_path / "straight" / "checkpoint.pt").read_bytes()
+    for i in (1, 2):
+        assert (tmp_path / f"r{i}" / "checkpoint.pt").read_bytes() == straight_bytes
+    straight_rows = without_timing(read_curve(tmp_path / "straight" / "learning_curve.csv"))
+    assert without_timing(read_curve(tmp_path / "r1" / "learning_curve.csv")) == straight_rows[2:]
+
+
+def test_resume_in_place_keeps_the_curve_up_to_the_checkpoint(tmp_path, tiny_config):
+    first = train(tiny_config(train={"total_steps": 512}), tmp_path)
+    cfg = tiny_config(train={"total_steps": 1024}, resume=str(tmp_path / "checkpoint.pt"))
+
+    second = train(cfg, tmp_path)
+
+    rows = read_curve(tmp_path / "learning_curve.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, second.updates + 1))
+    assert second.updates > first.updates
+    assert int(rows[first.updates - 1]["env_steps"]) == first.env_steps
+    assert load_checkpoint(tmp_path / "checkpoint.pt").global_step == second.env_steps >= 1024
+
+
+def test_resume_refuses_a_checkpoint_of_another_env(tmp_path, tiny_config):
+    train(tiny_config(), tmp_path / "cartpole")
+    cfg = tiny_config("Acrobot-v1", resume=str(tmp_path / "cartpole" / "checkpoint.pt"))
+
+    with pytest.raises(CheckpointError, match=r"env\.id"):
+        train(cfg, tmp_path / "acrobot")
+    assert not (tmp_path / "acrobot").exists()
