@@ -20,9 +20,6 @@ TINY = [
     "policy.critic_hidden_sizes=[16]",
     "train.progress=false",
 ]
-# MLflow tracking has its own tests; here it would only add seconds (and a store in tmp).
-if "tracking" in compose([], CONF):
-    TINY.append("tracking.enabled=false")
 
 
 def outputs(stdout: str) -> list[Path]:
@@ -37,14 +34,16 @@ def outputs(stdout: str) -> list[Path]:
 def runs(tmp_path_factory, run_cli):
     """One single run and one two-job multirun side by side, then, beside the single run's
     results, an evaluation and a second training into the same folder."""
+    # MLflow tracking, where configured, has its own tests; here it would only add seconds.
+    tiny = TINY + (["tracking.enabled=false"] if "tracking" in compose([], CONF) else [])
     single, multi = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("multi")
     train, multirun = run_cli(
-        ("trpo-train", TINY, single), ("trpo-train", ["-m", "seed=0,1", *TINY], multi)
+        ("trpo-train", tiny, single), ("trpo-train", ["-m", "seed=0,1", *tiny], multi)
     )
     run_dir = single / "runs" / "tiny" / "seed0"
     checkpoint_before = (run_dir / "checkpoint.pt").read_bytes() if train.returncode == 0 else b""
     evaluate, again = run_cli(
-        ("trpo-evaluate", [*TINY, "evaluate.episodes=2"], single), ("trpo-train", TINY, single)
+        ("trpo-evaluate", [*tiny, "evaluate.episodes=2"], single), ("trpo-train", tiny, single)
     )
     return {
         "train": train,

@@ -58,14 +58,16 @@ def load(*overrides: str) -> Config:
 
 def test_the_default_experiment_composes_and_validates():
     cfg = load()
-    assert cfg.env.id == "CartPole-v1" and cfg.name == "cartpole"
-    assert cfg.algo.max_kl == 0.01 and cfg.policy.hidden_sizes == (64, 64)
+    assert cfg.algo.max_kl == OmegaConf.load(CONF / "algo" / "trpo.yaml").max_kl
+    assert (
+        list(cfg.policy.hidden_sizes) == OmegaConf.load(CONF / "policy" / "mlp.yaml").hidden_sizes
+    )
 
 
 @pytest.mark.parametrize("env", sorted(p.stem for p in (CONF / "env").glob("*.yaml")))
 def test_every_env_option_composes_and_validates(env):
     cfg = load(f"env={env}")
-    assert cfg.name == env
+    assert cfg.env.id == OmegaConf.load(CONF / "env" / f"{env}.yaml").env.id
     assert to_dict(cfg)["env"]["id"] == cfg.env.id
 
 

@@ -87,16 +87,22 @@ def test_pendulum_batch_replays_exactly_in_single_envs():
     """Each env row is what a plain gymnasium env does with the clipped actions: the final
     observation of a truncated episode, then the reset step (invalid), then the new episode."""
     torch.manual_seed(0)
+    actor = GaussianActor(3, 1, PolicyConfig(hidden_sizes=(8,), log_std_init=1.0))
     envs = make_vector_env("Pendulum-v1", 2)
     try:
         state = EnvState.reset(envs, seed=7)
-        actor = GaussianActor(3, 1, PolicyConfig(hidden_sizes=(8,), log_std_init=1.0))
+        torch.manual_seed(1)
         batch = collect(state, actor, 203, None)
     finally:
         envs.close()
 
+    # The batch keeps the policy's own samples (what log-probs are taken of), unclipped.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        resampled = torch.stack([actor(batch.obs[t]).sample() for t in range(203)])
+    assert torch.equal(batch.actions, resampled)
     actions = batch.actions.numpy()
-    assert (np.abs(actions) > 2.0).any()  # the unclipped samples are what the batch keeps
+    assert (np.abs(actions) > 2.0).any()
     truncated_at = np.flatnonzero(batch.truncated[:, 0].numpy())
     np.testing.assert_array_equal(truncated_at, [199])  # Pendulum's 200-step time limit
     assert not batch.terminated.any()
