@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format lock clean
+.PHONY: install run test lint format lock clean bench-install bench bench-smoke bench-lock
 
 install: $(STAMP)
 
@@ -36,5 +36,39 @@ lock:
 	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 	rm -rf .lock-venv
 
+# The benchmark against sb3-contrib's TRPO (docs/benchmarks.md) has its own environment, so
+# sb3-contrib and rl_zoo3 never reach the product or its tests. Pinned by requirements.lock (the
+# product's pins) plus requirements-bench.lock (everything, the bench extra included).
+# Another selection: `make bench BENCH_ARGS="--envs halfcheetah"` (1M steps, one seed).
+BENCH_VENV ?= .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?= --envs cartpole pendulum --seeds 3
+BENCH_SMOKE_ARGS ?= --envs cartpole pendulum --seeds 1 --budget-scale 0.05
+
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml requirements.lock requirements-bench.lock
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c requirements.lock -c requirements-bench.lock -e ".[bench]"
+	$(BENCH_BIN)/python -c "import torch; print('bench env: torch', torch.__version__)"
+	touch $@
+
+bench: bench-install
+	$(BENCH_BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+bench-smoke: bench-install
+	$(BENCH_BIN)/python benchmarks/bench.py $(BENCH_SMOKE_ARGS)
+
+# Re-pin the benchmark environment after changing the bench extra or requirements.lock.
+bench-lock:
+	rm -rf .lock-venv-bench && $(PYTHON) -m venv .lock-venv-bench
+	.lock-venv-bench/bin/python -m pip install --quiet -c requirements.lock -e ".[bench]"
+	{ echo "# make bench-lock: pip freeze of the benchmark environment (.venv-bench)"; \
+	  .lock-venv-bench/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; \
+	} > requirements-bench.lock
+	rm -rf .lock-venv-bench
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache
