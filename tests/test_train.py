@@ -114,6 +114,17 @@ def test_resume_in_place_keeps_the_curve_up_to_the_checkpoint(tmp_path, tiny_con
     assert load_checkpoint(tmp_path / "checkpoint.pt").global_step == second.env_steps >= 1024
 
 
+def test_resume_refuses_to_replace_another_runs_results(tmp_path, tiny_config):
+    train(tiny_config(), tmp_path / "a")
+    train(tiny_config(seed=1), tmp_path / "b")
+    before = (tmp_path / "b" / "checkpoint.pt").read_bytes()
+    cfg = tiny_config(train={"total_steps": 1024}, resume=str(tmp_path / "a" / "checkpoint.pt"))
+
+    with pytest.raises(ConfigError, match="already holds results"):
+        train(cfg, tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoint.pt").read_bytes() == before
+
+
 def test_resume_refuses_a_checkpoint_of_another_env(tmp_path, tiny_config):
     train(tiny_config(), tmp_path / "cartpole")
     cfg = tiny_config("Acrobot-v1", resume=str(tmp_path / "cartpole" / "checkpoint.pt"))

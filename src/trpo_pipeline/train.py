@@ -73,14 +73,21 @@ Callback = Callable[[UpdateRecord], None]
 
 
 def check_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Refuse to silently replace results already in ``run_dir``."""
+    """Refuse to silently replace results already in ``run_dir``.
+
+    Resuming may continue the results of its own run (the checkpoint lives in ``run_dir``), not
+    replace another run's.
+    """
     existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
-    if existing and not cfg.overwrite and cfg.resume is None:
-        raise ConfigError(
-            "",
-            f"{run_dir} already holds results ({', '.join(existing)}); pass resume=<checkpoint>, "
-            "overwrite=true, or another name=",
-        )
+    if not existing or cfg.overwrite:
+        return
+    if cfg.resume is not None and Path(cfg.resume).resolve().parent == run_dir.resolve():
+        return
+    hint = "overwrite=true" if cfg.resume is not None else "resume=<checkpoint>, overwrite=true"
+    raise ConfigError(
+        "",
+        f"{run_dir} already holds results ({', '.join(existing)}); pass {hint}, or another name=",
+    )
 
 
 def _env_seed(seed: int, updates: int) -> int:
