@@ -76,6 +76,15 @@ def test_sampled_evaluation_is_seeded(checkpoint):
     assert evaluate(checkpoint, cfg) == evaluate(checkpoint, cfg)
 
 
+def test_evaluating_leaves_the_callers_random_stream_untouched(checkpoint):
+    # Training code may evaluate between updates; its own draws must not change because of it.
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    evaluate(checkpoint, EvaluateConfig(episodes=2, deterministic=False))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_write_eval_writes_the_result_as_json(checkpoint, tmp_path):
     result = evaluate(checkpoint, EvaluateConfig(episodes=2, seed=0))
     path = tmp_path / "out" / "eval_metrics.json"

@@ -12,7 +12,7 @@ import torch
 from trpo_pipeline.checkpoint import load_checkpoint
 from trpo_pipeline.config import EvaluateConfig, config_from_dict
 from trpo_pipeline.envs import ObsNormalizer, make_vector_env, preprocess, space_dims
-from trpo_pipeline.policies import env_action, make_actor
+from trpo_pipeline.policies import Actor, env_action, make_actor
 
 EVAL_METRICS = "eval_metrics.json"
 
@@ -35,49 +35,27 @@ class EvalResult:
 
 
 def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
-    """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i.
-
-    The episodes run side by side in one vector env (one batched forward per step) and each
-    env's first episode is the one counted, so the result depends only on the checkpoint and
-    the seeds.
-    """
+    """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i."""
     ckpt = load_checkpoint(checkpoint)
     run_cfg = config_from_dict(ckpt.config)
-    torch.manual_seed(cfg.seed)  # used only when sampling (deterministic=false)
-    envs = make_vector_env(run_cfg.env.id, cfg.episodes, seed_per_env=True)
+    normalizer = (
+        None if ckpt.obs_normalizer is None else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+    )
+    envs = make_vector_env(run_cfg.env.id, 1)
     try:
         obs_dim, action_space = space_dims(envs)
-        actor = make_actor(obs_dim, action_space, run_cfg.policy)
-        actor.load_state_dict(ckpt.actor)
-        actor.eval()
-        normalizer = (
-            None
-            if ckpt.obs_normalizer is None
-            else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
-        )
-
-        obs, _ = envs.reset(seed=cfg.seed)
-        n = cfg.episodes
-        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        running = np.ones(n, bool)
-        with torch.inference_mode():
-            while running.any():
-                x = torch.from_numpy(preprocess(obs, normalizer))
-                action = actor.mode(x) if cfg.deterministic else actor(x).sample()
-                obs, reward, terminated, truncated, _ = envs.step(env_action(action, action_space))
-                returns += np.where(running, reward, 0.0)
-                lengths += running
-                running &= ~(terminated | truncated)
     finally:
         envs.close()
-
+    actor = make_actor(obs_dim, action_space, run_cfg.policy)
+    actor.load_state_dict(ckpt.actor)
+    returns, lengths = run_episodes(actor, normalizer, run_cfg.env.id, cfg)
     return EvalResult(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
         min_return=float(returns.min()),
         max_return=float(returns.max()),
         mean_length=float(lengths.mean()),
-        episodes=n,
+        episodes=cfg.episodes,
         seed=cfg.seed,
         deterministic=cfg.deterministic,
         env_id=run_cfg.env.id,
@@ -86,6 +64,42 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
         returns=[float(r) for r in returns],
         lengths=[int(v) for v in lengths],
     )
+
+
+def run_episodes(
+    actor: Actor, normalizer: ObsNormalizer | None, env_id: str, cfg: EvaluateConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of ``cfg.episodes`` episodes of a live policy; episode i is seeded
+    ``cfg.seed + i``.
+
+    The episodes run side by side in one vector env (one batched forward per step) and each
+    env's first episode is the one counted, so the result depends only on the policy and the
+    seeds. Sampling (deterministic=false) draws from a forked RNG: evaluating in the middle of
+    training leaves training's random stream untouched.
+    """
+    n = cfg.episodes
+    envs = make_vector_env(env_id, n, seed_per_env=True)
+    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+    running = np.ones(n, bool)
+    was_training = actor.training
+    actor.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(cfg.seed)
+            obs, _ = envs.reset(seed=cfg.seed)
+            while running.any():
+                x = torch.from_numpy(preprocess(obs, normalizer))
+                action = actor.mode(x) if cfg.deterministic else actor(x).sample()
+                obs, reward, terminated, truncated, _ = envs.step(
+                    env_action(action, envs.single_action_space)
+                )
+                returns += np.where(running, reward, 0.0)
+                lengths += running
+                running &= ~(terminated | truncated)
+    finally:
+        envs.close()
+        actor.train(was_training)
+    return returns, lengths
 
 
 def write_eval(result: EvalResult, path: Path) -> None:
