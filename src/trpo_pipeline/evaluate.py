@@ -46,7 +46,8 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
         obs_dim, action_space = space_dims(envs)
     finally:
         envs.close()
-    actor = make_actor(obs_dim, action_space, run_cfg.policy)
+    with torch.random.fork_rng(devices=[]):  # the init draws are overwritten by the checkpoint
+        actor = make_actor(obs_dim, action_space, run_cfg.policy)
     actor.load_state_dict(ckpt.actor)
     returns, lengths = run_episodes(actor, normalizer, run_cfg.env.id, cfg)
     return EvalResult(
