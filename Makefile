@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format lock clean bench-install bench bench-smoke bench-lock
+.PHONY: install run params test lint format lock clean bench-install bench bench-smoke bench-lock
 
 install: $(STAMP)
 
@@ -14,9 +14,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
 	touch $@
 
+# The DVC pipeline (dvc.yaml: train -> evaluate -> report) on the default experiment, recorded in
+# MLflow (mlflow.db). Its stages call `python`, so the venv goes first on PATH.
 run: install
-	$(BIN)/trpo-train
-	$(BIN)/trpo-evaluate
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@$(BIN)/python -m trpo_pipeline.stages summary
+
+# Rewrite params.yaml from conf/ after changing conf/ (tests/test_pipeline_dvc.py checks it).
+params: install
+	$(BIN)/trpo-params
 
 test: install
 	$(BIN)/python -m pytest

@@ -168,16 +168,29 @@ def _guarded(prog: str, body: Callable[[Path], Any]) -> Any:
 
 
 def _train_task(dcfg: Any) -> float:
-    from trpo_pipeline.train import train
+    from trpo_pipeline import tracking
+    from trpo_pipeline.multirun import job_run_name, parent_run_id
+    from trpo_pipeline.train import check_run_dir, train
 
     def body(run_dir: Path) -> float:
         cfg = load_config(dcfg)
-        result = train(cfg, run_dir)
+        check_run_dir(run_dir, cfg)  # before an MLflow run is opened for nothing
+        run = tracking.start_run(
+            cfg,
+            run_name=job_run_name(cfg),
+            parent_run_id=parent_run_id(),
+            tags={"launcher": "hydra"},
+        )
+        with tracking.recording(run):
+            result = train(cfg, run_dir, callbacks=[run.log_update])
+            tracking.log_training(run, cfg, run_dir)
+            run.write_ref(run_dir / tracking.RUN_REF)
         print(
             f"trained {result.env_steps:,} env steps in {result.updates} updates, "
             f"{result.wall_time_s:.1f} s ({result.steps_per_s:,.0f} steps/s); "
             f"training return {result.episode_return:.1f}\n"
             f"outputs: {run_dir}"
+            + (f"\nmlflow run {run.run_id} in {tracking.redact(run.uri)}" if run.enabled else "")
         )
         return result.episode_return
 

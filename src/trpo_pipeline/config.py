@@ -93,6 +93,16 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where and how runs are recorded in MLflow (tracking.py)."""
+
+    enabled: bool = True  # false: nothing is sent to MLflow
+    uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<repo root>/mlflow.db
+    experiment: str = "trpo-pipeline"  # MLflow experiment the runs go to
+    log_model: bool = True  # also log the policy as an MLflow pyfunc model (obs -> actions)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole composed configuration of one run."""
 
@@ -101,6 +111,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     name: str = "cartpole"  # experiment name: runs/<name>/seed<seed>
     seed: int = 0  # seeds python, numpy, torch, the envs and their action spaces
     resume: str | None = None  # checkpoint path to continue training from
@@ -165,6 +176,8 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{key}", getattr(t, key))
     if t.device not in DEVICES:
         raise ConfigError("train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")
+    if not cfg.tracking.experiment.strip():
+        raise ConfigError("tracking.experiment", "must be a non-empty MLflow experiment name")
     _positive("evaluate.episodes", e.episodes)
     if e.seed < 0:
         raise ConfigError("evaluate.seed", f"must be >= 0, got {e.seed}")

@@ -1,0 +1,77 @@
+"""A Hydra multirun is one MLflow parent run; each job is a child run of it.
+
+conf/config.yaml registers :class:`MlflowParentRun` under ``hydra.callbacks``. It opens the
+parent before the launcher starts any job and writes its id into the sweep folder, where every
+job finds it (:func:`parent_run_id`), whichever launcher runs the jobs (basic, joblib's worker
+processes, submitit on other machines sharing the folder). It closes the parent after the last
+job: FAILED if a child failed, else FINISHED; a parent that got no children is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from trpo_pipeline import tracking
+from trpo_pipeline.config import Config, TrackingConfig, config_from_dict
+
+PARENT_REF = "mlflow_parent_run.json"
+
+
+def _tracking_config(config: DictConfig) -> TrackingConfig:
+    values = OmegaConf.to_container(config.get("tracking") or {}, resolve=True)
+    return config_from_dict({"tracking": values}).tracking
+
+
+class MlflowParentRun(Callback):
+    """Opens and closes the parent run of a multirun."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.tracking: TrackingConfig | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.tracking = _tracking_config(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = " ".join(config.hydra.overrides.task)
+        self.run_id = tracking.start_parent_run(
+            self.tracking,
+            run_name=f"multirun {overrides}".strip(),
+            tags={"launcher": "hydra-multirun", "sweep": overrides, "sweep_dir": str(sweep_dir)},
+        )
+        if self.run_id is not None:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / PARENT_REF).write_text(json.dumps({"run_id": self.run_id}) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is not None and self.tracking is not None:
+            tracking.finish_parent_run(self.tracking, self.run_id)
+            self.run_id = None
+
+
+def parent_run_id() -> str | None:
+    """Inside a Hydra job: the parent run of its multirun (None in a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return tracking.read_ref(Path(str(hc.sweep.dir)) / PARENT_REF).get("run_id")
+
+
+def job_run_name(cfg: Config) -> str:
+    """A child run is named after its job's overrides; a single run after name and seed."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        return hc.job.override_dirname or f"job{hc.job.num}"
+    return tracking.default_run_name(cfg)
