@@ -129,6 +129,8 @@ def test_repro_records_one_mlflow_run(pipeline: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_exp_run_recomposes_params_and_shows_metrics(pipeline: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
     repo, env = pipeline["repo"], pipeline["env"]
     reset_to_baseline(repo, env)
     sets = [a for o in [*TINY, "algo.max_kl=0.02"] for a in ("-S", o)]
@@ -140,6 +142,10 @@ def test_exp_run_recomposes_params_and_shows_metrics(pipeline: dict[str, Any]) -
     # What the train stage read is what DVC recorded for the experiment.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["algo"]["max_kl"] == 0.02
+    run_id = tracking.read_ref(repo / "outputs/eval/mlflow_run.json")["run_id"]
+    logged = MlflowClient(pipeline["uri"]).get_run(run_id).data
+    assert logged.params["algo.max_kl"] == "0.02"
+    assert logged.tags["dvc_exp_name"] == "kl02"
 
     metrics = exp_metrics(repo, env)["kl02"]
     evaluation = metrics["outputs/eval/eval_metrics.json"]

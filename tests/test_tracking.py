@@ -224,6 +224,36 @@ def test_multirun_is_a_parent_with_a_child_per_job(
     assert all(len(k.data.metrics) > len(PER_UPDATE) // 2 for k in kids)
 
 
+def test_update_metrics_are_sent_in_batches(tiny_config: Any, tmp_path: Path) -> None:
+    """log_batch every FLUSH_EVERY updates and at the end, never a call per number."""
+    from mlflow import MlflowClient
+
+    from trpo_pipeline.train import train
+
+    class CountingClient(MlflowClient):  # a real client on the real store, counting its calls
+        batches = 0
+
+        def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+            CountingClient.batches += 1
+            return super().log_batch(*args, **kwargs)
+
+    class CountingRun(tracking.TrackedRun):
+        @property
+        def client(self) -> MlflowClient:
+            return CountingClient(self.uri)
+
+    uri = new_store(tmp_path / "store")
+    cfg = tiny_config(train={"total_steps": 256 * 12}, tracking={"uri": uri, "log_model": False})
+    opened = tracking.start_run(cfg)
+    counted = CountingRun(opened.uri, opened.run_id, opened.experiment_id)
+    with tracking.recording(counted):
+        result = train(cfg, tmp_path / "run", callbacks=[counted.log_update])
+    assert result.updates >= 12
+    history = MlflowClient(uri).get_metric_history(opened.run_id, "train/kl")
+    assert len(history) == result.updates
+    assert CountingClient.batches == -(-result.updates // tracking.FLUSH_EVERY)
+
+
 # --- the rules, without training ---------------------------------------------------------------
 
 

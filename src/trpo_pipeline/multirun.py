@@ -4,11 +4,13 @@ conf/config.yaml registers :class:`MlflowParentRun` under ``hydra.callbacks``. I
 parent before the launcher starts any job and writes its id into the sweep folder, where every
 job finds it (:func:`parent_run_id`), whichever launcher runs the jobs (basic, joblib's worker
 processes, submitit on other machines sharing the folder). It closes the parent after the last
-job: FAILED if a child failed, else FINISHED; a parent that got no children is deleted.
+job: FAILED if a child (or the multirun) failed, else FINISHED; a parent that got no children
+is deleted.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 from typing import Any
@@ -46,11 +48,16 @@ class MlflowParentRun(Callback):
         if self.run_id is not None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             (sweep_dir / PARENT_REF).write_text(json.dumps({"run_id": self.run_id}) + "\n")
+            # Hydra skips on_multirun_end when a job raises; the parent is then closed on exit.
+            atexit.register(self._close, failed=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._close(failed=False)
+
+    def _close(self, *, failed: bool) -> None:
         if self.run_id is not None and self.tracking is not None:
-            tracking.finish_parent_run(self.tracking, self.run_id)
-            self.run_id = None
+            run_id, self.run_id = self.run_id, None
+            tracking.finish_parent_run(self.tracking, run_id, failed=failed)
 
 
 def parent_run_id() -> str | None:

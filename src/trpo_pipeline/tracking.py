@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trpo_pipeline.config import Config, TrackingConfig, to_dict
+from trpo_pipeline.config import Config, ConfigError, TrackingConfig, to_dict
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -158,6 +158,20 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
             if experiment is None:
                 raise
             return experiment.experiment_id
+
+
+def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
+    """(client, experiment id); a store that cannot be used is a ConfigError on tracking.uri."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = _client(uri)
+        return client, experiment_id(client, uri, name)
+    except MlflowException as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            "tracking.uri", f"cannot use the MLflow store {redact(uri)}: {first}"
+        ) from None
 
 
 # --- what: params, tags, metrics ---------------------------------------------------------------
@@ -418,8 +432,7 @@ def start_run(
         return TrackedRun(uri)
     from mlflow.entities import Param
 
-    client = _client(uri)
-    exp_id = experiment_id(client, uri, cfg.tracking.experiment)
+    client, exp_id = open_experiment(uri, cfg.tracking.experiment)
     all_tags = provenance_tags(cfg) | dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
@@ -567,8 +580,7 @@ def start_parent_run(
     if not tracking.enabled:
         return None
     uri = resolve_tracking_uri(tracking)
-    client = _client(uri)
-    exp_id = experiment_id(client, uri, tracking.experiment)
+    client, exp_id = open_experiment(uri, tracking.experiment)
     run = client.create_run(exp_id, tags=provenance_tags() | dict(tags or {}), run_name=run_name)
     return run.info.run_id
 
@@ -581,16 +593,17 @@ def child_runs(uri: str, parent_run_id: str) -> list[Any]:
     )
 
 
-def finish_parent_run(tracking: TrackingConfig, run_id: str) -> None:
-    """FAILED if a child failed, else FINISHED; a parent left without children is deleted."""
+def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = False) -> None:
+    """FAILED if ``failed`` or a child failed, else FINISHED; a parent without children is
+    deleted (nothing ran under it)."""
     uri = resolve_tracking_uri(tracking)
     children = child_runs(uri, run_id)
     client = _client(uri)
-    if not children:
+    if not children and not failed:
         client.delete_run(run_id)
         return
-    statuses = {c.info.status for c in children}
-    client.set_terminated(run_id, "FAILED" if statuses & {"FAILED", "KILLED"} else "FINISHED")
+    failed = failed or bool({c.info.status for c in children} & {"FAILED", "KILLED"})
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 # --- reading runs back -------------------------------------------------------------------------
