@@ -103,6 +103,66 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class SearchParam:
+    """How Optuna samples one config key (conf/tune/*.yaml, under search_space.<group>.<key>)."""
+
+    type: str = "float"  # float | int | categorical
+    low: float | None = None  # float/int: smallest value sampled (of x when one_minus)
+    high: float | None = None  # float/int: largest value sampled (of x when one_minus)
+    log: bool = False  # uniform in log space (low > 0): for scales like learning rates
+    step: float | None = None  # float/int: sample on a grid low, low + step, ... (not with log)
+    one_minus: bool = False  # sample x, set the key to 1 - x: log resolution near 1 (lambda)
+    choices: tuple[Any, ...] | None = None  # categorical: numbers, strings or booleans
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which Optuna sampler proposes the next trial."""
+
+    name: str = "tpe"  # tpe | random | qmc | gp | cmaes
+    seed: int | None = 0  # null: unseeded; mixed with the trial count, so a resume is fresh
+    n_startup_trials: int = 5  # tpe / gp: random trials before the model is used
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """When a trial whose intermediate returns lag the others is stopped early."""
+
+    name: str = "median"  # median | hyperband | none
+    n_startup_trials: int = 3  # median: finished trials needed before any is pruned
+    n_warmup_steps: int = 0  # median: updates a trial runs before it may be pruned
+    min_resource: int = 1  # hyperband: updates a trial gets in the first rung
+    reduction_factor: int = 3  # hyperband: 1 / fraction of trials promoted per rung
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the study lives; several workers share one study through an RDB or journal file."""
+
+    url: str | None = None  # null: sqlite:///<repo root>/optuna.db; postgresql://; journal:<file>
+    heartbeat_interval: int | None = 60  # s between heartbeats of a running trial (RDB only)
+    grace_period: int | None = 120  # s without a heartbeat before a trial is marked failed
+    max_retry: int = 2  # times a failed (stale) trial is re-queued for another worker
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """An Optuna study over this config (`trpo-tune`): budget, sampler, pruner, storage."""
+
+    study_name: str = "cartpole"  # the study (and conf/experiment/tuned_<study_name>.yaml)
+    n_trials: int = 20  # cap on finished (complete + pruned) trials, across all workers
+    load_if_exists: bool = True  # continue a study of this name instead of refusing
+    report_every: int = 5  # updates between intermediate evaluations (and checkpoints)
+    report_episodes: int = 5  # deterministic episodes per intermediate evaluation
+    output_dir: str = "runs/tune"  # trials train in <output_dir>/<study_name>/trial_<n>/
+    overwrite: bool = False  # replace an existing conf/experiment/tuned_<study_name>.yaml
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    search_space: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole composed configuration of one run."""
 
@@ -111,6 +171,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     name: str = "cartpole"  # experiment name: runs/<name>/seed<seed>
     seed: int = 0  # seeds python, numpy, torch, the envs and their action spaces
@@ -210,6 +271,8 @@ _NoneType = type(None)
 
 def _convert(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples)."""
+    if tp is Any:  # checked by its user (search-space choices)
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -221,6 +284,11 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"must be a group of keys, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
+    if origin is dict:  # a group whose keys are data (the tune search space)
+        (_, inner) = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"must be a group of keys, got {value!r}")
+        return {k: _convert(f"{key}.{k}", v, inner) for k, v in value.items()}
     if origin is tuple:
         (inner, _) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
@@ -301,7 +369,12 @@ def describe_override_key(dotted: str) -> ConfigError:
     """The error for overriding a key the schema does not have, listing what is allowed there."""
     cls: Any = Config
     parts = dotted.split(".")
+    new_entry = ConfigError(dotted, "is not in the composed config; add it with a leading '+'")
+    in_data = False  # below a dict field (the search space), whose keys are free names
     for depth, part in enumerate(parts):
+        if typing.get_origin(cls) is dict:
+            cls, in_data = typing.get_args(cls)[1], True
+            continue
         hints = typing.get_type_hints(cls)
         prefix = ".".join(parts[:depth])
         if part not in hints:
@@ -309,9 +382,13 @@ def describe_override_key(dotted: str) -> ConfigError:
             return ConfigError(
                 dotted, f"unknown key (allowed under {prefix or 'the top level'}: {allowed})"
             )
-        if not dataclasses.is_dataclass(hints[part]):
+        if in_data:
+            return new_entry
+        if not dataclasses.is_dataclass(hints[part]) and typing.get_origin(hints[part]) is not dict:
             return ConfigError(
                 dotted, f"{prefix + '.' if prefix else ''}{part} takes a single value"
             )
         cls = hints[part]
+    if in_data or typing.get_origin(cls) is dict:
+        return new_entry
     return ConfigError(dotted, "is a group of keys; override one of its keys instead")

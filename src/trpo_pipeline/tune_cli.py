@@ -1,0 +1,180 @@
+"""`trpo-tune`: an Optuna study over the composed experiment, as a Hydra app.
+
+    trpo-tune                                   # the default study (conf/tune/default.yaml)
+    trpo-tune env=acrobot tune.n_trials=50      # tune another experiment, a bigger budget
+    trpo-tune tune.storage.url=postgresql://... # one of several workers sharing a study
+
+The command line is the experiment (any trpo-train override) plus tune.* settings. Everything,
+the search space included, is validated before the first trial; bad input ends with one line
+and exit status 2. Each trial composes the same command line plus its sampled values. Ctrl-C
+marks the running trial failed; the same command continues the study.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trpo_pipeline.cli import (
+    CONFIG_NAME,
+    _composition_error,
+    _guarded,
+    fail,
+    find_conf_dir,
+    preflight,
+    run_hydra_app,
+    split_argv,
+)
+from trpo_pipeline.config import Config, ConfigError, load_config
+
+PROG = "trpo-tune"
+STUDY_DIR = "hydra.run.dir=${tune.output_dir}/${tune.study_name}"
+
+
+def tuned_config_path(conf_dir: Path, study_name: str) -> Path:
+    return conf_dir / "experiment" / f"tuned_{study_name}.yaml"
+
+
+def override(key: str, value: Any) -> str:
+    """A Hydra override that sets (or adds) ``key`` to ``value`` exactly."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | float):
+        text = repr(value)
+    elif value is None:
+        text = "null"
+    else:
+        text = "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"++{key}={text}"
+
+
+def _compose(overrides: Sequence[str]) -> Any:
+    """Compose conf/ inside the running Hydra app (its config dir is already set up)."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose(CONFIG_NAME, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise _composition_error(err) from None
+
+
+def _check(argv: Sequence[str], conf_dir: Path) -> None:
+    """Everything that can be checked before Hydra starts; ConfigError on the first problem."""
+    from trpo_pipeline.tune import check_tuned_config, validate_tune
+
+    _, multirun, wanted = split_argv(argv)
+    if multirun:
+        raise ConfigError(
+            "", "trpo-tune runs one study per command (no -m); start more workers instead"
+        )
+    if not wanted:
+        return
+    (cfg,) = preflight(argv, conf_dir)
+    validate_tune(cfg)
+    check_tuned_config(
+        tuned_config_path(conf_dir, cfg.tune.study_name),
+        cfg.tune.study_name,
+        overwrite=cfg.tune.overwrite,
+    )
+
+
+def _run(
+    cfg: Config,
+    compose_trial: Callable[[Mapping[str, Any]], Config],
+    study_dir: Path,
+    default: Config,
+    conf_dir: Path,
+) -> float | None:
+    from trpo_pipeline.tune import format_summary, run_study
+
+    try:
+        summary = run_study(
+            cfg,
+            compose_trial=compose_trial,
+            study_dir=study_dir,
+            default=default,
+            tuned_config=tuned_config_path(conf_dir, cfg.tune.study_name),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: interrupted; the running trial is marked failed. Run the same "
+            f"command again to continue study {cfg.tune.study_name!r}.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    print(format_summary(summary))
+    return summary.best_value
+
+
+def _tune_task(dcfg: Any) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    conf_dir = find_conf_dir()
+    base_overrides = list(HydraConfig.get().overrides.task)
+
+    def compose_trial(values: Mapping[str, Any]) -> Config:
+        kept = [o for o in base_overrides if o.lstrip("+~").split("=")[0] not in values]
+        return load_config(_compose(kept + [override(k, v) for k, v in values.items()]))
+
+    def body(study_dir: Path) -> float | None:
+        cfg = load_config(dcfg)
+        return _run(cfg, compose_trial, study_dir, load_config(_compose([])), conf_dir)
+
+    return _guarded(PROG, body)
+
+
+def stage_main(argv: Sequence[str] | None = None) -> None:
+    """The DVC stage: the study of params.yaml (as the other stages, never a Hydra composition).
+
+    ``python -m trpo_pipeline.tune_cli --params params.yaml --output-dir outputs/tune``; a trial
+    is params.yaml with its sampled values, trained in <output-dir>/<study>/trial_<n>/.
+    """
+    import argparse
+
+    from trpo_pipeline.cli import compose
+    from trpo_pipeline.stages import read_params
+    from trpo_pipeline.tune import with_values
+
+    parser = argparse.ArgumentParser(prog=PROG, description=stage_main.__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--output-dir", type=Path, help="default: tune.output_dir")
+    args = parser.parse_args(argv)
+    conf_dir = find_conf_dir()
+    try:
+        cfg = read_params(args.params)
+        default = load_config(compose([], conf_dir))
+        study_dir = (args.output_dir or Path(cfg.tune.output_dir)) / cfg.tune.study_name
+        _interrupt_on_sigterm()
+        _run(cfg, lambda values: with_values(cfg, values), study_dir, default, conf_dir)
+    except ConfigError as err:
+        fail(PROG, str(err))
+
+
+def _interrupt_on_sigterm() -> None:
+    # kill / a batch scheduler's SIGTERM ends the trial like Ctrl-C: marked failed, not stale.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def tune_main() -> None:
+    conf_dir = find_conf_dir()
+    argv = sys.argv[1:]
+    try:
+        _check(argv, conf_dir)
+    except ConfigError as err:
+        fail(PROG, str(err))
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        sys.argv.append(STUDY_DIR)  # Hydra's folder is the study's: runs/tune/<study>/
+    _interrupt_on_sigterm()
+    run_hydra_app(PROG, _tune_task)
+
+
+if __name__ == "__main__":
+    stage_main()

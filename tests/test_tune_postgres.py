@@ -1,0 +1,166 @@
+"""Several trpo-tune workers sharing one study in a real PostgreSQL server.
+
+The server is the one .ci/run installs and starts; TRPO_TEST_POSTGRES_URL names a role that
+may create databases (default postgresql://trpo:trpo@127.0.0.1:5432/postgres). Each test gets
+a database of its own, dropped afterwards. Without a reachable server the tests skip, unless
+CI is set: there they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from trpo_pipeline.config import StorageConfig
+from trpo_pipeline.tune import storage_url
+
+ADMIN_URL = os.environ.get(
+    "TRPO_TEST_POSTGRES_URL", "postgresql://trpo:trpo@127.0.0.1:5432/postgres"
+)
+REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
+BIN = Path(sys.executable).parent
+TINY = [
+    "train.total_steps=4096",
+    "algo.steps_per_update=512",
+    "algo.num_envs=4",
+    "evaluate.episodes=3",
+    "tune.report_every=2",
+    "tune.report_episodes=3",
+    "tracking.log_model=false",
+]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh database on the test server."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
+    except psycopg2.Error as err:
+        where = make_url(ADMIN_URL).render_as_string(hide_password=True)
+        message = (
+            f"PostgreSQL is not reachable at {where} ({str(err).strip().splitlines()[0]}); "
+            ".ci/run installs and starts one; TRPO_TEST_POSTGRES_URL names another"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    admin.autocommit = True
+    name = f"trpo_tune_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _load(url: str) -> optuna.Study:
+    """The study as the workers see it (their URL, with the installed driver)."""
+    return optuna.load_study(study_name="shared", storage=storage_url(StorageConfig(url=url)))
+
+
+def _running_trial_of(url: str, pid: int) -> optuna.trial.FrozenTrial | None:
+    """A trial that worker ``pid`` is training and has already reported on."""
+    try:
+        trials = _load(url).get_trials(deepcopy=False)
+    except KeyError:  # the study is not created yet
+        return None
+    for trial in trials:
+        if (
+            trial.state == TrialState.RUNNING
+            and trial.user_attrs.get("worker", "").endswith(f":{pid}")
+            and trial.intermediate_values
+        ):
+            return trial
+    return None
+
+
+@pytest.mark.slow  # two worker processes and a heartbeat grace period: 20-60 s
+def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO_CONF, conf, ignore=shutil.ignore_patterns("tuned_*"))
+    env = os.environ | {
+        "TRPO_CONF_DIR": str(conf),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cap = 5
+    argv = [
+        str(BIN / "trpo-tune"),
+        *TINY,
+        f"tune.storage.url={postgres_url}",
+        f"tune.n_trials={cap}",
+        "tune.study_name=shared",
+        "tune.storage.heartbeat_interval=1",
+        "tune.storage.grace_period=3",
+        "tune.storage.max_retry=1",
+    ]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    workers = [
+        subprocess.Popen(
+            [*argv, f"tune.sampler.seed={seed}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    survivor, victim = workers
+    try:
+        deadline = time.monotonic() + 120
+        lost = None
+        while lost is None:
+            assert victim.poll() is None, victim.communicate()[0]
+            assert time.monotonic() < deadline, "the second worker never ran a trial"
+            lost = _running_trial_of(postgres_url, victim.pid)
+            time.sleep(0.2)
+        victim.kill()  # SIGKILL mid-trial: no clean-up, its heartbeat just stops
+        victim.wait(timeout=30)
+        out, _ = survivor.communicate(timeout=240)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    print(out)  # shown when the test fails
+    assert survivor.returncode == 0, out
+
+    trials = _load(postgres_url).trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == cap
+    pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials if "worker" in t.user_attrs}
+    assert pids == {str(survivor.pid), str(victim.pid)}  # both workers ran trials
+    assert trials[lost.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.params == lost.params and retry.number > lost.number
+    assert retry.user_attrs["worker"].endswith(f":{survivor.pid}")
+    assert f"trial {lost.number} lost its worker: marked failed and re-queued" in out
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("trpo-pipeline").experiment_id])
+    assert len([r for r in runs if r.data.tags.get("tune_role") == "study"]) == 1
+    (lost_run,) = [r for r in runs if r.info.run_id == lost.user_attrs["mlflow_run_id"]]
+    assert (lost_run.data.tags["trial_state"], lost_run.info.status) == ("failed", "FAILED")
