@@ -147,6 +147,12 @@ def test_exp_run_recomposes_params_and_shows_metrics(pipeline: dict[str, Any]) -
     assert logged.params["algo.max_kl"] == "0.02"
     assert logged.tags["dvc_exp_name"] == "kl02"
 
+    plots = json.loads(run([DVC, "plots", "diff", "--json", "kl02"], repo, env).stdout)["data"]
+    assert {"Return vs env steps", "KL per update", "Line-search acceptance per update"} <= set(
+        plots
+    )
+    assert all(p["content"]["data"]["values"] for plot in plots.values() for p in plot)
+
     metrics = exp_metrics(repo, env)["kl02"]
     evaluation = metrics["outputs/eval/eval_metrics.json"]
     assert evaluation["episodes"] == 3 and isinstance(evaluation["mean_return"], float)
