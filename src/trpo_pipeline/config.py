@@ -75,7 +75,7 @@ class AlgoConfig:
 class TrainConfig:
     """The training budget and run-time settings."""
 
-    total_steps: int = 100_000  # environment transitions to train for
+    total_steps: int = 50_000  # environment transitions to train for
     checkpoint_every: int = 10  # updates between periodic checkpoints
     torch_threads: int = 1  # small MLPs run fastest (and reproducibly) on one thread
     device: str = "cpu"  # one of DEVICES
