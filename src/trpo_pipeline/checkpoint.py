@@ -25,6 +25,7 @@ _KEYS = (
     "critic",
     "critic_optimizer",
     "obs_normalizer",
+    "reward_scaler",
     "rng",
     "episodes",
     "global_step",
@@ -48,6 +49,7 @@ class Checkpoint:
     global_step: int  # environment transitions trained on so far
     updates: int  # TRPO updates done so far
     config: dict[str, Any]  # the run's config (config.to_dict)
+    reward_scaler: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
 

@@ -34,6 +34,8 @@ class EnvConfig:
     id: str = "CartPole-v1"  # any id gymnasium's registry knows (classic control, MuJoCo)
     normalize_obs: bool = False  # running mean/std normalisation, saved in the checkpoint
     clip_obs: float = 10.0  # normalised observations are clipped to [-clip_obs, clip_obs]
+    normalize_reward: bool = False  # divide rewards by the running std of the discounted return
+    clip_reward: float = 10.0  # scaled rewards are clipped to [-clip_reward, clip_reward]
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,18 @@ class AlgoConfig:
     max_kl: float = 0.01  # delta: trust-region radius on mean KL(old || new); 0.001-0.05 typical
     gamma: float = 0.99  # discount in (0, 1]
     gae_lambda: float = 0.95  # GAE lambda in [0, 1]: 0 = one-step TD, 1 = Monte Carlo
-    vf_lr: float = 1e-3  # Adam learning rate of the critic
-    vf_epochs: int = 10  # passes over the batch when fitting the critic
-    vf_minibatch: int = 64  # critic minibatch size
+    vf_lr: float = 3e-3  # Adam learning rate of the critic
+    vf_epochs: int = 8  # passes over the batch when fitting the critic
+    vf_minibatch: int = 512  # critic minibatch size
     cg_iters: int = 10  # conjugate-gradient iterations for F^-1 g
     cg_damping: float = 0.1  # F + damping * I keeps CG well conditioned
     line_search_steps: int = 10  # backtracking steps before giving up on the update
     line_search_shrink: float = 0.8  # step fraction multiplier per backtracking step
     steps_per_update: int = 2048  # transitions per batch, across all envs
-    num_envs: int = 8  # parallel environments in the vector env
+    num_envs: int = 16  # parallel environments in the vector env
     entropy_coef: float = 0.0  # weight of the entropy bonus in the surrogate
     normalize_advantages: bool = True  # standardise advantages per batch
-    fvp_subsample: float = 1.0  # fraction of the batch used for Fisher-vector products
+    fvp_subsample: float = 0.25  # fraction of the batch used for Fisher-vector products
 
     @property
     def steps_per_env(self) -> int:
@@ -233,6 +235,7 @@ def validate(cfg: Config) -> None:
             "policy.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {p.activation!r}"
         )
     _positive("env.clip_obs", cfg.env.clip_obs)
+    _positive("env.clip_reward", cfg.env.clip_reward)
     for key in ("total_steps", "checkpoint_every", "torch_threads"):
         _positive(f"train.{key}", getattr(t, key))
     if t.device not in DEVICES:

@@ -27,7 +27,13 @@ from trpo_pipeline.checkpoint import (
     set_rng_state,
 )
 from trpo_pipeline.config import Config, ConfigError, to_dict
-from trpo_pipeline.envs import ObsNormalizer, make_vector_env, seed_everything, space_dims
+from trpo_pipeline.envs import (
+    ObsNormalizer,
+    RewardScaler,
+    make_vector_env,
+    seed_everything,
+    space_dims,
+)
 from trpo_pipeline.policies import Critic, make_actor
 from trpo_pipeline.rollout import EnvState, collect
 
@@ -143,6 +149,9 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         normalizer = (
             ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
         )
+        reward_scaler = (
+            RewardScaler(a.gamma, cfg.env.clip_reward) if cfg.env.normalize_reward else None
+        )
         global_step, updates = 0, 0
         recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         recent_lengths: deque[int] = deque(maxlen=RETURN_WINDOW)
@@ -158,6 +167,8 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
             critic_optimizer.load_state_dict(ckpt.critic_optimizer)
             if normalizer is not None and ckpt.obs_normalizer is not None:
                 normalizer = ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
+            if reward_scaler is not None and ckpt.reward_scaler is not None:
+                reward_scaler = RewardScaler.from_state_dict(ckpt.reward_scaler)
             set_rng_state(ckpt.rng)
             global_step, updates = ckpt.global_step, ckpt.updates
             episodes = ckpt.episodes["count"]
@@ -179,6 +190,7 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                     critic=critic.state_dict(),
                     critic_optimizer=critic_optimizer.state_dict(),
                     obs_normalizer=None if normalizer is None else normalizer.state_dict(),
+                    reward_scaler=None if reward_scaler is None else reward_scaler.state_dict(),
                     rng=rng_state(),
                     episodes={
                         "count": episodes,
@@ -208,10 +220,15 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                 t0 = time.perf_counter()
                 batch = collect(env_state, actor, a.steps_per_env, normalizer, device)
                 valid = batch.valid
+                rewards = batch.rewards
+                if reward_scaler is not None:
+                    done = (batch.terminated | batch.truncated).cpu().numpy()
+                    scaled = reward_scaler.scale(rewards.cpu().numpy(), done, valid.cpu().numpy())
+                    rewards = torch.from_numpy(scaled).to(device)
                 with torch.no_grad():
                     values = critic(batch.obs)  # V(s_0..s_T), one batched forward
                 adv, returns = advantages.gae(
-                    batch.rewards,
+                    rewards,
                     values[:-1],
                     values[1:],
                     batch.terminated,
@@ -265,6 +282,8 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
                     # like a truncation) and every env restarts from a seed of (seed, updates):
                     # a run resumed from this checkpoint continues bit-identically.
                     env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
+                    if reward_scaler is not None:
+                        reward_scaler.restart()
                 bar.update(min(global_step, cfg.train.total_steps) - bar.n)
                 bar.set_postfix(
                     ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False
