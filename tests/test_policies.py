@@ -97,3 +97,15 @@ def test_gaussian_actions_are_clipped_for_the_env_only():
 def test_discrete_actions_pass_through():
     action = torch.tensor([0, 2, 1])
     np.testing.assert_array_equal(env_action(action, DISCRETE), np.array([0, 2, 1]))
+
+
+@pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
+def test_the_rollout_shortcut_samples_what_the_distribution_samples(space):
+    # Rollouts call actor.sample(obs) to skip building a distribution per step; the draws (and
+    # so every result) are the ones actor(obs).sample() would have made.
+    actor = make_actor(3, space, CFG)
+    obs = torch.randn(256, 3)
+    torch.manual_seed(7)
+    expected = actor(obs).sample()
+    torch.manual_seed(7)
+    assert torch.equal(actor.sample(obs), expected)

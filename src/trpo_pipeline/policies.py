@@ -54,6 +54,11 @@ class CategoricalActor(nn.Module):
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.logits(obs).argmax(-1)
 
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|s), the draw Categorical.sample makes, without building the distribution
+        (its argument handling costs as much as the network on a rollout step)."""
+        return torch.multinomial(torch.softmax(self.logits(obs), -1), 1, True).squeeze(-1)
+
 
 class GaussianActor(nn.Module):
     """pi(a|s) = N(mu(s), diag(exp(log_std))^2) with a state-independent log std."""
@@ -69,6 +74,11 @@ class GaussianActor(nn.Module):
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mu(obs)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|s), without building the distribution."""
+        mu = self.mu(obs)
+        return torch.normal(mu, self.log_std.exp().expand_as(mu))
 
 
 Actor = CategoricalActor | GaussianActor

@@ -84,7 +84,7 @@ def collect(
         for t in range(steps):
             raw[t] = state.obs
             seen[t] = preprocess(state.obs, normalizer)
-            action = actor(torch.from_numpy(seen[t]).to(device)).sample()
+            action = actor.sample(torch.from_numpy(seen[t]).to(device))
             actions.append(action)
             obs, reward, term, trunc, _ = state.envs.step(env_action(action, state.action_space))
             real = ~state.prev_done
