@@ -10,13 +10,14 @@ import json
 import os
 import pickle
 import random
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from trpo_pipeline.files import publish, temporary_path
 
 FORMAT_VERSION = 1
 _KEYS = (
@@ -95,19 +96,15 @@ def _to_payload(ckpt: Checkpoint) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
+    tmp = temporary_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide it from the team
+        with tmp.open("wb") as f:
             torch.save(_to_payload(ckpt), f)
             f.flush()
             os.fsync(f.fileno())
-        Path(tmp).replace(path)
+        publish(tmp, path)  # the usual file permissions, then an atomic rename
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

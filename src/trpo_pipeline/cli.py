@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from trpo_pipeline.checkpoint import CheckpointError
 from trpo_pipeline.config import Config, ConfigError, describe_override_key, load_config
+from trpo_pipeline.credentials import mask
 
 CONFIG_NAME = "config"
 # Hydra flags that take a value (the value is not an override).
@@ -50,7 +51,7 @@ def find_conf_dir() -> Path:
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {mask(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -180,17 +181,23 @@ def _train_task(dcfg: Any) -> float:
             run_name=job_run_name(cfg),
             parent_run_id=parent_run_id(),
             tags={"launcher": "hydra"},
+            folder=run_dir,
         )
         with tracking.recording(run):
             result = train(cfg, run_dir, callbacks=[run.log_update])
             tracking.log_training(run, cfg, run_dir)
             run.write_ref(run_dir / tracking.RUN_REF)
+        if run.online:
+            where = f"\nmlflow run {run.run_id} in {tracking.redact(run.uri)}"
+        elif run.offline:
+            where = f"\nmlflow: not (fully) recorded; push it with: trpo-sync {run_dir}"
+        else:
+            where = ""
         print(
             f"trained {result.env_steps:,} env steps in {result.updates} updates, "
             f"{result.wall_time_s:.1f} s ({result.steps_per_s:,.0f} steps/s); "
             f"training return {result.episode_return:.1f}\n"
-            f"outputs: {run_dir}"
-            + (f"\nmlflow run {run.run_id} in {tracking.redact(run.uri)}" if run.enabled else "")
+            f"outputs: {run_dir}" + where
         )
         return result.episode_return
 

@@ -12,6 +12,7 @@ import torch
 from trpo_pipeline.checkpoint import load_checkpoint
 from trpo_pipeline.config import EvaluateConfig, config_from_dict
 from trpo_pipeline.envs import ObsNormalizer, make_vector_env, preprocess, space_dims
+from trpo_pipeline.files import atomic_write
 from trpo_pipeline.policies import Actor, env_action, make_actor
 
 EVAL_METRICS = "eval_metrics.json"
@@ -105,7 +106,4 @@ def run_episodes(
 
 def write_eval(result: EvalResult, path: Path) -> None:
     """Write the result as JSON, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(asdict(result), indent=2) + "\n")

@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, TrackingConfig, config_from_dict
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.files import atomic_write
 
 PARENT_REF = "mlflow_parent_run.json"
 
@@ -46,18 +48,29 @@ class MlflowParentRun(Callback):
             tags={"launcher": "hydra-multirun", "sweep": overrides, "sweep_dir": str(sweep_dir)},
         )
         if self.run_id is not None:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            (sweep_dir / PARENT_REF).write_text(json.dumps({"run_id": self.run_id}) + "\n")
+            atomic_write(sweep_dir / PARENT_REF, json.dumps({"run_id": self.run_id}) + "\n")
             # Hydra skips on_multirun_end when a job raises; the parent is then closed on exit.
             atexit.register(self._close, failed=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _mask_file(Path(str(config.hydra.sweep.dir)) / "multirun.yaml")
         self._close(failed=False)
 
     def _close(self, *, failed: bool) -> None:
         if self.run_id is not None and self.tracking is not None:
             run_id, self.run_id = self.run_id, None
             tracking.finish_parent_run(self.tracking, run_id, failed=failed)
+
+
+def _mask_file(path: Path) -> None:
+    """Hydra saves the sweep's whole config (tracking.uri with its password, if the user gave
+    one) as multirun.yaml: keep it, masked."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return
+    if mask(text) != text:
+        atomic_write(path, mask(text))
 
 
 def parent_run_id() -> str | None:

@@ -32,6 +32,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from mlflow import MlflowClient
@@ -621,11 +624,7 @@ def diagnostics_figure(groups: Sequence[ConfigGroup]) -> Figure | None:
 
 def redact(uri: str) -> str:
     """``uri`` without a password: reports are shared and logged as artifacts."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return mask(uri)
 
 
 def run_url(tracking_uri: str, run: RunData) -> str:
@@ -644,7 +643,7 @@ def ui_command(tracking_uri: str) -> str | None:
     """The command that serves the UI the run links point into; None for an http(s) server."""
     if urlsplit(tracking_uri).scheme in ("http", "https"):
         return None
-    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}"
+    return f"mlflow ui --backend-store-uri {redact(tracking_uri)} --host 127.0.0.1"
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -1066,10 +1065,8 @@ def write_report(tracking_uri: str, run_ids: list[str], out_dir: Path) -> Path:
     for name in FIGURES:
         path = out_dir / name
         if name in pngs:
-            path.write_bytes(pngs[name])
+            atomic_write(path, pngs[name])
         elif path.exists():
             path.unlink()  # a figure of an earlier report that this one does not have
-    (out_dir / REPORT_MD).write_text(_markdown(title, meta, sections), encoding="utf-8")
-    report = out_dir / REPORT_HTML
-    report.write_text(_html_page(title, meta, sections, pngs), encoding="utf-8")
-    return report
+    atomic_write(out_dir / REPORT_MD, _markdown(title, meta, sections))
+    return atomic_write(out_dir / REPORT_HTML, _html_page(title, meta, sections, pngs))

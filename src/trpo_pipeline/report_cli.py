@@ -36,7 +36,9 @@ def tracking_uri(given: str | None) -> str:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    from trpo_pipeline.credentials import mask
+
+    print(f"{PROG}: error: {mask(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 

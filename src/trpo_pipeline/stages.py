@@ -26,6 +26,8 @@ import yaml
 from trpo_pipeline import tracking
 from trpo_pipeline.checkpoint import CheckpointError
 from trpo_pipeline.config import Config, ConfigError, config_from_dict
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.files import atomic_output, atomic_write
 
 PARAMS = Path("params.yaml")
 DVC_LOCK = Path("dvc.lock")
@@ -58,7 +60,7 @@ def _numeric_booleans(curve: Path) -> None:
     """Rewrite True/False cells of the learning curve as 1/0, which DVC's plots can draw."""
     with curve.open(newline="") as f:
         rows = list(csv.reader(f))
-    with curve.open("w", newline="") as f:
+    with atomic_output(curve, newline="") as f:
         csv.writer(f).writerows(
             [rows[0], *([{"True": "1", "False": "0"}.get(c, c) for c in row] for row in rows[1:])]
         )
@@ -70,7 +72,7 @@ def train_stage(cfg: Config, params: Path) -> None:
     if cfg.resume is not None:
         raise ConfigError("resume", "must be null in the DVC pipeline, which trains from scratch")
     _fresh(TRAIN_DIR)
-    run = tracking.start_run(cfg, tags={"launcher": "dvc"})
+    run = tracking.start_run(cfg, tags={"launcher": "dvc"}, folder=TRAIN_DIR)
     with tracking.recording(run):
         result = train(cfg, TRAIN_DIR, callbacks=[run.log_update])
         _numeric_booleans(TRAIN_DIR / LEARNING_CURVE)
@@ -94,7 +96,12 @@ def evaluate_stage(cfg: Config, params: Path) -> None:
     result = evaluate(TRAIN_DIR / CHECKPOINT, cfg.evaluate)
     write_eval(result, EVAL_DIR / EVAL_METRICS)
     run = tracking.run_for_evaluation(
-        cfg, TRAIN_RUN_REF, TRAIN_DIR, params_file=params, tags={"launcher": "dvc"}
+        cfg,
+        TRAIN_RUN_REF,
+        TRAIN_DIR,
+        params_file=params,
+        tags={"launcher": "dvc"},
+        folder=EVAL_DIR,
     )
     with tracking.recording(run):
         tracking.log_evaluation(run, result, EVAL_DIR / EVAL_METRICS)
@@ -107,17 +114,27 @@ def evaluate_stage(cfg: Config, params: Path) -> None:
 
 
 def report_stage(cfg: Config, params: Path) -> None:
-    from trpo_pipeline.report import write_report
+    from trpo_pipeline.report import ReportError, write_report
 
-    run_id = tracking.read_ref(EVAL_RUN_REF).get("run_id")
+    ref = tracking.read_ref(EVAL_RUN_REF)
+    run_id = ref.get("run_id")
+    if cfg.tracking.enabled and ref.get("pending_sync"):
+        raise ConfigError(
+            "",
+            f"MLflow was unreachable during the pipeline: run trpo-sync {TRAIN_DIR} "
+            f"{EVAL_DIR} once it is back, then this stage again",
+        )
     if not cfg.tracking.enabled or not run_id:
         raise ConfigError(
             "tracking.enabled", "the report is built from MLflow: it needs tracking.enabled=true"
         )
     shutil.rmtree(REPORT_DIR, ignore_errors=True)
     uri = tracking.resolve_tracking_uri(cfg.tracking)
-    page = write_report(uri, [run_id], REPORT_DIR)
-    run = tracking.reopen_run(cfg, EVAL_RUN_REF)
+    try:
+        page = write_report(uri, [run_id], REPORT_DIR)
+    except ReportError as err:  # the store cannot be read (unreachable, run gone)
+        raise ConfigError("", str(err)) from None
+    run = tracking.reopen_run(cfg, EVAL_RUN_REF, folder=EVAL_DIR)
     with tracking.recording(run):
         run.log_artifacts(REPORT_DIR, "report")
         run.log_artifact(DVC_LOCK, "config")
@@ -128,7 +145,7 @@ STAGES = {"train": train_stage, "evaluate": evaluate_stage, "report": report_sta
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {mask(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -206,7 +223,7 @@ def params_main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(1)
         print(f"{args.output} is up to date with conf/")
         return
-    args.output.write_text(text)
+    atomic_write(args.output, text)
     print(f"wrote {args.output}")
 
 

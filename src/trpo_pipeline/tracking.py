@@ -10,6 +10,12 @@ The default store is ``sqlite:///<repo root>/mlflow.db``. The repo root is ``$DV
 DVC runs a stage (DVC points it at the real repository even from its temporary experiment
 copies), else the nearest folder above the working directory holding ``.dvc`` or ``.git``, so
 Hydra runs, DVC stages and queued DVC experiments all write to one store.
+
+MLflow never stops training. A store that is briefly locked (SQLite under several writers) is
+retried with backoff. A server that is unreachable at the start, or goes away mid-run, costs a
+few seconds (short HTTP timeouts), one warning line, and a pending-sync marker in the run
+folder (sync.py); ``trpo-sync RUN_DIR`` pushes what is missing later. Passwords in URIs are
+masked (credentials.py) in every param, tag, file and message.
 """
 
 from __future__ import annotations
@@ -24,20 +30,25 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from trpo_pipeline.config import Config, ConfigError, TrackingConfig, to_dict
+from trpo_pipeline.credentials import mask
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     from trpo_pipeline.evaluate import EvalResult
+    from trpo_pipeline.sync import Pending
     from trpo_pipeline.train import UpdateRecord
+
+T = TypeVar("T")
 
 RUN_REF = "mlflow_run.json"  # {"run_id": ..., ...}: how a later stage finds its run
 DB_NAME = "mlflow.db"
@@ -54,6 +65,19 @@ EVAL_METRICS = ("mean_return", "std_return", "min_return", "max_return", "mean_l
 UNHASHED = ("tracking", "overwrite", "train.progress")
 # Written by DVC during a pipeline run; not counted as uncommitted changes.
 _NOT_DIRTY = ("params.yaml", "dvc.lock", "outputs/")
+# A dead server costs seconds, not MLflow's default minutes (7 retries, 120 s timeouts); the
+# user's own settings of these variables win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow prints "View run <name> at: <tracking URI>/#/..." on stdout, password included.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+LOCKED_RETRIES = 10  # attempts of a call that found the SQLite store locked
+_LOCKED = ("database is locked", "database table is locked")
+# Text files uploaded as artifacts are masked first (params.yaml, dvc.lock may hold a URI).
+_TEXT_ARTIFACTS = frozenset({".yaml", ".yml", ".json", ".lock", ".md", ".txt", ".csv", ".html"})
 
 
 # --- where -------------------------------------------------------------------------------------
@@ -100,32 +124,127 @@ def sqlite_path(uri: str) -> Path | None:
 
 def redact(uri: str) -> str:
     """The URI without a password, for logs and reference files."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+    return mask(uri)
 
 
 def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
-    """The one command that opens the MLflow UI on this store."""
+    """The one command that opens the MLflow UI on this store (on this machine only)."""
     if uri.startswith(("http://", "https://")):
         return f"open {redact(uri)} in a browser"
-    return f"{mlflow_bin} ui --backend-store-uri {uri} --host 127.0.0.1"
+    return f"{mlflow_bin} ui --backend-store-uri {redact(uri)} --host 127.0.0.1"
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error message, masked: what a one-line message may quote."""
+    text = str(getattr(err, "message", None) or err).strip()
+    return mask(text.splitlines()[0] if text else type(err).__name__)
+
+
+def is_locked(err: BaseException) -> bool:
+    return any(s in str(err) for s in _LOCKED)
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` says the store is unreachable or busy right now (not misconfigured)."""
+    if isinstance(err, TrackingUnavailableError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import requests
+
+        if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    text = str(err)
+    return (
+        is_locked(err)
+        or bool(re.search(r"API request to \S+ failed with (timeout )?exception", text))
+        or bool(re.search(r"failed with error code 5\d\d", text))
+    )
+
+
+class TrackingUnavailableError(Exception):
+    """The tracking store cannot be reached now; ``str(err)`` is one (masked) line."""
+
+
+class _RetryingClient:
+    """An MlflowClient whose calls are retried, with backoff, while a SQLite store is locked.
+
+    MLflow waits 20 s on a busy SQLite file, but a transaction that must upgrade its read lock
+    fails at once when another writer holds the file; parallel jobs then see "database is
+    locked" now and then. The failed transaction was rolled back, so retrying is safe.
+    """
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry_locked(lambda: attr(*args, **kwargs))
+
+        return call
+
+
+def retry_locked(call: Callable[[], T], attempts: int = LOCKED_RETRIES) -> T:
+    """``call()``, retried with jittered exponential backoff while the store is locked."""
+    import random
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:
+            if attempt == attempts - 1 or not is_locked(err):
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def quiet_http() -> Iterator[None]:
+    """urllib3 logs a warning per HTTP retry; the one line we print says it all."""
+    import logging
+
+    logger = logging.getLogger("urllib3.connectionpool")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @functools.cache
 def _client(uri: str) -> MlflowClient:
     """One client per store and process; the first one creates (and migrates) a SQLite store,
-    under the store's lock."""
+    under the store's lock. Calls are retried while SQLite is locked; HTTP gives up in seconds."""
     from mlflow import MlflowClient
 
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        if redact(uri) != uri:  # never print the password, whatever the user asked for
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        import logging
+
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with _store_lock(uri):
-        return MlflowClient(tracking_uri=uri)
+        client = retry_locked(lambda: MlflowClient(tracking_uri=uri))
+    return cast("MlflowClient", _RetryingClient(client))
 
 
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialise first use of a SQLite store across processes.
 
-    Parallel jobs (joblib, `dvc queue start -j N`) would otherwise race to create the schema
-    and the experiment; after that SQLite's own locking (MLflow sets a busy timeout) suffices.
+    Parallel jobs (joblib, `dvc queue start -j N`, several trpo-tune workers) would otherwise
+    race to create the schema (MLflow's migrations fail half-way: "duplicate column name",
+    "table _alembic_tmp_... already exists") and the experiment; after that SQLite's own
+    locking (MLflow sets a busy timeout) and :func:`retry_locked` suffice.
     """
     db = sqlite_path(uri)
     if db is None:
@@ -161,25 +280,43 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 
 
 def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """(client, experiment id); a store that cannot be used is a ConfigError on tracking.uri."""
+    """(client, experiment id). A store that cannot be used is a ConfigError on tracking.uri;
+    one that cannot be reached now is :class:`TrackingUnavailableError`."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client = _client(uri)
-        return client, experiment_id(client, uri, name)
-    except MlflowException as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        with quiet_http():
+            client = _client(uri)
+            return client, experiment_id(client, uri, name)
+    except Exception as err:
+        if is_outage(err):
+            raise TrackingUnavailableError(first_line(err)) from None
+        if not isinstance(err, MlflowException):
+            raise
         raise ConfigError(
-            "tracking.uri", f"cannot use the MLflow store {redact(uri)}: {first}"
+            "tracking.uri", f"cannot use the MLflow store {redact(uri)}: {first_line(err)}"
         ) from None
+
+
+def warn_unreachable(uri: str, err: BaseException | str, consequence: str) -> None:
+    """The one line that says MLflow failed and what happens instead (above a progress bar)."""
+    from tqdm import tqdm
+
+    reason = err if isinstance(err, str) else first_line(err)
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    tqdm.write(
+        f"warning: MLflow at {redact(uri)} failed ({reason}); {consequence}", file=sys.stderr
+    )
 
 
 # --- what: params, tags, metrics ---------------------------------------------------------------
 
 
 def param_value(value: Any) -> str:
-    """How a config value is written as an MLflow param: strings as-is, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """How a config value is written as an MLflow param: strings as-is (passwords in URLs
+    masked), the rest as JSON."""
+    return mask(value if isinstance(value, str) else json.dumps(value))
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -311,20 +448,88 @@ def eval_metrics(result: EvalResult) -> dict[str, float]:
 
 @dataclass
 class TrackedRun:
-    """An MLflow run being written to; with tracking disabled every method does nothing."""
+    """An MLflow run being written to; with tracking disabled every method does nothing.
+
+    The first MLflow call that fails makes the run *offline*: one warning line, no more calls,
+    and from then on what would have been sent is noted in the pending-sync marker of
+    ``folder`` (sync.py) for ``trpo-sync``. Training never sees an MLflow error.
+    """
 
     uri: str
     run_id: str | None = None
     experiment_id: str | None = None
+    folder: Path | None = None  # the run's local folder: where its pending-sync marker goes
+    offline: bool = False
     _pending: list[Metric] = field(default_factory=list, repr=False)
+    _curve: Path | None = field(default=None, repr=False)  # the CSV holding the train/* rows
+    _creation: dict[str, Any] = field(default_factory=dict, repr=False)
+    _marker: Pending | None = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
-        return self.run_id is not None
+        """Tracking is on for this run (sent to MLflow, or noted for trpo-sync)."""
+        return self.run_id is not None or self.offline
+
+    @property
+    def online(self) -> bool:
+        return self.run_id is not None and not self.offline
 
     @property
     def client(self) -> MlflowClient:
         return _client(self.uri)
+
+    # MLflow, or the marker
+
+    def _call(self, send: Callable[[], T], keep: Callable[[Pending], bool]) -> T | None:
+        """``send()`` to MLflow while online; after a failure ``keep(marker)`` notes it."""
+        if not self.enabled:
+            return None
+        if self.online:
+            try:
+                with quiet_http():
+                    return send()
+            except Exception as err:
+                self.go_offline(err)
+        marker = self.marker()
+        if marker is not None and keep(marker):
+            marker.save()
+        return None
+
+    def marker(self) -> Pending | None:
+        """The pending-sync marker of ``folder`` (None without a folder)."""
+        if self.folder is None:
+            return None
+        if self._marker is None:
+            from trpo_pipeline.sync import Pending
+
+            existing = Pending.load(self.folder)
+            if existing is not None and existing.run_id == self.run_id and self.run_id:
+                self._marker = existing  # another stage of the same run noted things already
+            else:
+                self._marker = Pending(folder=self.folder, **self._creation)
+            self._marker.run_id = self.run_id
+            self._marker.tracking_uri = redact(self.uri)
+        return self._marker
+
+    def go_offline(self, err: BaseException) -> None:
+        """Stop calling MLflow: warn once, start the marker (with what was not sent)."""
+        if self.offline:
+            return
+        self.offline = True
+        where = f" in {self.folder}" if self.folder is not None else ""
+        hint = (
+            f"push them later with: trpo-sync {self.folder}"
+            if self.folder is not None
+            else "this run's MLflow record stays incomplete"
+        )
+        warn_unreachable(self.uri, err, f"training goes on, results stay{where}; {hint}")
+        marker = self.marker()
+        if marker is not None:
+            marker.reason = first_line(err)
+            if self._pending:
+                marker.add_metrics(self._pending, self._curve)
+                self._pending = []
+            marker.save()
 
     # metrics
 
@@ -332,8 +537,12 @@ class TrackedRun:
         """train() callback: buffer the update's metrics, send every FLUSH_EVERY updates."""
         if not self.enabled:
             return
+        if self.folder is not None:
+            from trpo_pipeline.train import LEARNING_CURVE
+
+            self._curve = self.folder / LEARNING_CURVE
         self.queue_metrics(update_metrics(record), step=record.env_steps)
-        if record.update % FLUSH_EVERY == 0:
+        if record.update % FLUSH_EVERY == 0 or self.offline:
             self.flush()
 
     def queue_metrics(
@@ -352,21 +561,31 @@ class TrackedRun:
 
     def flush(self) -> None:
         """Send the buffered metrics, up to MAX_BATCH per call."""
-        if not self.enabled:
+        if not self.enabled or not self._pending:
             return
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        metrics, self._pending = self._pending, []
+
+        def send() -> None:
+            for i in range(0, len(metrics), MAX_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH])
+
+        self._call(send, lambda marker: marker.add_metrics(metrics, self._curve))
 
     # artifacts
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and Path(path).is_file():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._call(
+                lambda: upload_artifact(self.client, self.run_id, Path(path), artifact_path),
+                lambda marker: marker.add_artifact(Path(path), artifact_path),
+            )
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         if self.enabled and Path(folder).is_dir():
-            self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+            self._call(
+                lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path),
+                lambda marker: marker.add_artifact(Path(folder), artifact_path),
+            )
 
     def log_policy_model(self, checkpoint: Path, cfg: Config) -> str | None:
         """Log the checkpoint's policy as a pyfunc model; returns its model URI.
@@ -374,49 +593,90 @@ class TrackedRun:
         ``mlflow.pyfunc.load_model(uri).predict(observations)`` gives deterministic actions,
         with the saved observation normaliser applied (see policy_model.py).
         """
-        if not self.enabled:
-            return None
-        import gymnasium
-        import mlflow
-        import numpy
-        import torch
+        return self._call(
+            lambda: log_policy_model(self.uri, self.run_id, checkpoint, cfg.env.id),
+            lambda marker: marker.set_model(Path(checkpoint), cfg.env.id),
+        )
 
-        import trpo_pipeline
-
-        package = Path(trpo_pipeline.__file__).parent
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(package / "policy_model.py"),  # models from code: no pickle
-                artifacts={"checkpoint": str(checkpoint)},
-                code_paths=[str(package)],
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"gymnasium=={gymnasium.__version__}",
-                    f"numpy=={numpy.__version__}",
-                    f"mlflow=={mlflow.__version__}",
-                ],
-                metadata={"env_id": cfg.env.id, "deterministic": True},
-            )
-        return info.model_uri
+    def set_tag(self, key: str, value: str) -> None:
+        self._call(
+            lambda: self.client.set_tag(self.run_id, key, mask(value)),
+            lambda marker: marker.set_tag(key, mask(value)),
+        )
 
     # lifecycle
 
     def write_ref(self, path: Path) -> None:
         """Record which run this is, for the next pipeline stage (or a person)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ref = {
+        from trpo_pipeline.files import atomic_write
+
+        ref: dict[str, Any] = {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "tracking_uri": redact(self.uri) if self.enabled else None,
         }
-        path.write_text(json.dumps(ref, indent=2) + "\n")
+        if self.offline:
+            from trpo_pipeline.sync import PENDING
+
+            ref["pending_sync"] = PENDING
+        atomic_write(path, json.dumps(ref, indent=2) + "\n")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self.flush()
-            self.client.set_terminated(self.run_id, status)
+            end = int(time.time() * 1000)
+            self._call(
+                lambda: self.client.set_terminated(self.run_id, status, end_time=end),
+                lambda marker: marker.set_status(status, end),
+            )
+
+
+def upload_artifact(
+    client: MlflowClient, run_id: str | None, path: Path, artifact_path: str | None
+) -> None:
+    """Upload one file; a text file that quotes a password (params.yaml, dvc.lock: a tracking
+    URI with credentials) is uploaded as a masked copy of the same name."""
+    import tempfile
+
+    path = Path(path)
+    if path.suffix in _TEXT_ARTIFACTS and path.stat().st_size < 50_000_000:
+        text = path.read_text(errors="surrogateescape")
+        masked = mask(text)
+        if masked != text:
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / path.name
+                copy.write_text(masked, errors="surrogateescape")
+                client.log_artifact(run_id, str(copy), artifact_path)
+            return
+    client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_policy_model(uri: str, run_id: str | None, checkpoint: Path, env_id: str) -> str:
+    """Log the checkpoint's policy as the pyfunc model ``policy`` of run ``run_id``."""
+    import gymnasium
+    import mlflow
+    import numpy
+    import torch
+
+    import trpo_pipeline
+
+    package = Path(trpo_pipeline.__file__).parent
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(package / "policy_model.py"),  # models from code: no pickle
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(package)],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"gymnasium=={gymnasium.__version__}",
+                f"numpy=={numpy.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+            metadata={"env_id": env_id, "deterministic": True},
+        )
+    return info.model_uri
 
 
 def start_run(
@@ -425,22 +685,50 @@ def start_run(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    folder: Path | None = None,
 ) -> TrackedRun:
-    """Open a run for ``cfg`` with its params and provenance tags (a no-op one if disabled)."""
+    """Open a run for ``cfg`` with its params and provenance tags (a no-op one if disabled).
+
+    A store that cannot be reached gives an offline run (see :class:`TrackedRun`) whose marker
+    in ``folder`` holds what trpo-sync needs to create the run later.
+    """
     uri = resolve_tracking_uri(cfg.tracking)
     if not cfg.tracking.enabled:
         return TrackedRun(uri)
     from mlflow.entities import Param
 
-    client, exp_id = open_experiment(uri, cfg.tracking.experiment)
-    all_tags = provenance_tags(cfg) | dict(tags or {})
+    all_tags = {k: mask(v) for k, v in (provenance_tags(cfg) | dict(tags or {})).items()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    run = client.create_run(exp_id, tags=all_tags, run_name=run_name or default_run_name(cfg))
-    params = [Param(k, v) for k, v in flatten_config(cfg).items()]
-    for i in range(0, len(params), PARAMS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=params[i : i + PARAMS_PER_BATCH])
-    return TrackedRun(uri, run.info.run_id, exp_id)
+    name = mask(run_name or default_run_name(cfg))
+    params = flatten_config(cfg)
+    run = TrackedRun(uri, folder=folder)
+    run._creation = {
+        "experiment": cfg.tracking.experiment,
+        "run_name": name,
+        "start_time": int(time.time() * 1000),
+        "tags": all_tags,
+        "params": params,
+    }
+    try:
+        client, exp_id = open_experiment(uri, cfg.tracking.experiment)
+        with quiet_http():
+            created = client.create_run(exp_id, tags=all_tags, run_name=name)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        run.go_offline(err)
+        return run
+    run.run_id, run.experiment_id = created.info.run_id, exp_id
+    batches = [
+        [Param(k, v) for k, v in list(params.items())[i : i + PARAMS_PER_BATCH]]
+        for i in range(0, len(params), PARAMS_PER_BATCH)
+    ]
+    for batch in batches:
+        run._call(lambda b=batch: run.client.log_batch(run.run_id, params=b), lambda m: False)
+    return run
 
 
 def default_run_name(cfg: Config) -> str:
@@ -456,16 +744,26 @@ def read_ref(path: Path) -> dict[str, Any]:
         return {}
 
 
-def reopen_run(cfg: Config, ref: Path) -> TrackedRun:
-    """Continue the run recorded in ``ref`` (a no-op run if tracking is off or none recorded)."""
+def reopen_run(cfg: Config, ref: Path, *, folder: Path | None = None) -> TrackedRun:
+    """Continue the run recorded in ``ref`` (a no-op run if tracking is off or none recorded);
+    offline (noting for trpo-sync in ``folder``) if the store cannot be reached."""
     uri = resolve_tracking_uri(cfg.tracking)
     run_id = read_ref(ref).get("run_id")
     if not cfg.tracking.enabled or not run_id:
         return TrackedRun(uri)
-    client = _client(uri)
-    run = client.get_run(run_id)
-    client.update_run(run_id, status="RUNNING")
-    return TrackedRun(uri, run_id, run.info.experiment_id)
+    tracked = TrackedRun(uri, run_id, folder=folder)
+    try:
+        with quiet_http():
+            client = _client(uri)
+            run = client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        tracked.go_offline(err)
+        return tracked
+    tracked.experiment_id = run.info.experiment_id
+    return tracked
 
 
 @contextlib.contextmanager
@@ -495,7 +793,7 @@ def log_training(
         return
     run.flush()
     if params_file is not None:
-        run.log_artifact(params_file, "config")
+        run.log_artifact(Path(params_file).resolve(), "config")
     run.log_artifact(run_dir / CONFIG, "config")
     run.log_artifact(run_dir / CHECKPOINT, "checkpoint")
     run.log_artifact(run_dir / LEARNING_CURVE, "train")
@@ -508,6 +806,7 @@ def log_curve(run: TrackedRun, curve_csv: Path) -> None:
     """Log the metrics of a learning-curve CSV (a run continuing another's training)."""
     if not run.enabled:
         return
+    run._curve = Path(curve_csv)
     with Path(curve_csv).open(newline="") as f:
         for row in csv.DictReader(f):
             run.queue_metrics(row_metrics(row), step=int(row["env_steps"]))
@@ -537,6 +836,7 @@ def run_for_evaluation(
     params_file: Path | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    folder: Path | None = None,
 ) -> TrackedRun:
     """The run an evaluation of ``train_dir``'s checkpoint is recorded in (left RUNNING).
 
@@ -544,8 +844,6 @@ def run_for_evaluation(
     this execution's params, the training metrics (from the learning curve) and artifacts,
     tagged ``train_run_id`` with the run that trained the checkpoint.
     """
-    from mlflow.exceptions import MlflowException
-
     from trpo_pipeline.train import LEARNING_CURVE
 
     uri = resolve_tracking_uri(cfg.tracking)
@@ -554,13 +852,14 @@ def run_for_evaluation(
     previous = read_ref(train_ref).get("run_id")
     if previous:
         try:
-            data = _client(uri).get_run(previous).data
-        except MlflowException:  # recorded in another store: start afresh
+            with quiet_http():
+                data = _client(uri).get_run(previous).data
+        except Exception:  # recorded in another store, or unreachable: start afresh
             data = None
         if data is not None and is_fresh(data, cfg):
-            return reopen_run(cfg, train_ref)
+            return reopen_run(cfg, train_ref, folder=folder)
     extra = dict(tags or {}) | ({"train_run_id": previous} if previous else {})
-    run = start_run(cfg, run_name=run_name, tags=extra)
+    run = start_run(cfg, run_name=run_name, tags=extra, folder=folder)
     try:
         log_curve(run, train_dir / LEARNING_CURVE)
         log_training(run, cfg, train_dir, params_file=params_file)
@@ -576,12 +875,27 @@ def run_for_evaluation(
 def start_parent_run(
     tracking: TrackingConfig, run_name: str, tags: Mapping[str, str] | None = None
 ) -> str | None:
-    """Open a parent run; children pass its id as ``parent_run_id``. None if tracking is off."""
+    """Open a parent run; children pass its id as ``parent_run_id``. None if tracking is off,
+    or (after one warning line) if the store cannot be reached: the children then track, or
+    keep for trpo-sync, on their own."""
     if not tracking.enabled:
         return None
     uri = resolve_tracking_uri(tracking)
-    client, exp_id = open_experiment(uri, tracking.experiment)
-    run = client.create_run(exp_id, tags=provenance_tags() | dict(tags or {}), run_name=run_name)
+    try:
+        client, exp_id = open_experiment(uri, tracking.experiment)
+        with quiet_http():
+            run = client.create_run(
+                exp_id,
+                tags={k: mask(v) for k, v in (provenance_tags() | dict(tags or {})).items()},
+                run_name=mask(run_name),
+            )
+    except ConfigError:
+        raise
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        warn_unreachable(uri, err, "no parent run; each job keeps its own results for trpo-sync")
+        return None
     return run.info.run_id
 
 
@@ -595,15 +909,21 @@ def child_runs(uri: str, parent_run_id: str) -> list[Any]:
 
 def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = False) -> None:
     """FAILED if ``failed`` or a child failed, else FINISHED; a parent without children is
-    deleted (nothing ran under it)."""
+    deleted (nothing ran under it). A store gone away meanwhile costs one warning line."""
     uri = resolve_tracking_uri(tracking)
-    children = child_runs(uri, run_id)
-    client = _client(uri)
-    if not children and not failed:
-        client.delete_run(run_id)
-        return
-    failed = failed or bool({c.info.status for c in children} & {"FAILED", "KILLED"})
-    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    try:
+        with quiet_http():
+            children = child_runs(uri, run_id)
+            client = _client(uri)
+            if not children and not failed:
+                client.delete_run(run_id)
+                return
+            failed = failed or bool({c.info.status for c in children} & {"FAILED", "KILLED"})
+            client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        warn_unreachable(uri, err, f"parent run {run_id} was left open")
 
 
 # --- reading runs back -------------------------------------------------------------------------

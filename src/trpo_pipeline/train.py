@@ -27,6 +27,7 @@ from trpo_pipeline.checkpoint import (
     set_rng_state,
 )
 from trpo_pipeline.config import Config, ConfigError, to_dict
+from trpo_pipeline.credentials import mask_tree
 from trpo_pipeline.envs import (
     ObsNormalizer,
     RewardScaler,
@@ -34,6 +35,7 @@ from trpo_pipeline.envs import (
     seed_everything,
     space_dims,
 )
+from trpo_pipeline.files import atomic_output, atomic_write
 from trpo_pipeline.policies import Critic, make_actor
 from trpo_pipeline.rollout import EnvState, collect
 
@@ -176,10 +178,11 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
             recent_lengths.extend(ckpt.episodes["lengths"])
 
         # What the checkpoint records is the run, not how it was launched: a run resumed after
-        # a kill then writes the same bytes as one that was never interrupted.
-        run_config = to_dict(dataclasses.replace(cfg, resume=None, overwrite=False))
+        # a kill then writes the same bytes as one that was never interrupted. Passwords in
+        # tracking or storage URLs are masked in everything written.
+        run_config = mask_tree(to_dict(dataclasses.replace(cfg, resume=None, overwrite=False)))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write(run_dir / CONFIG, yaml.safe_dump(mask_tree(to_dict(cfg)), sort_keys=False))
         curve = _open_curve(run_dir / LEARNING_CURVE, keep_updates=updates)
 
         def checkpoint() -> None:
@@ -358,16 +361,12 @@ def _open_curve(path: Path, keep_updates: int) -> _CurveWriter:
             for r in reader
             if None not in r.values() and r["update"].isdigit() and int(r["update"]) <= keep_updates
         ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_output(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
     return _CurveWriter(path, append=True)
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")

@@ -16,6 +16,7 @@ that composes a trial's config.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import re
@@ -46,7 +47,9 @@ from trpo_pipeline.config import (
     config_from_dict,
     to_dict,
 )
+from trpo_pipeline.credentials import mask
 from trpo_pipeline.evaluate import evaluate
+from trpo_pipeline.files import atomic_write
 from trpo_pipeline.train import CHECKPOINT, UpdateRecord, train
 
 DEFAULT_DB = "optuna.db"  # at the repo root (tracking.project_root), like MLflow's store
@@ -268,14 +271,7 @@ def _installed(module: str) -> bool:
 
 def storage_label(url: str) -> str:
     """The URL without its password: what logs, tags and reports show."""
-    if url.startswith("journal:"):
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+    return mask(url)
 
 
 def open_storage(
@@ -373,7 +369,9 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 class NoTracker:
     """What the study reports to; this one records nothing (tracking.enabled=false)."""
 
-    def start_trial(self, trial: optuna.Trial, cfg: Config) -> Callable[[UpdateRecord], None]:
+    def start_trial(
+        self, trial: optuna.Trial, cfg: Config, run_dir: Path | None = None
+    ) -> Callable[[UpdateRecord], None]:
         """Open the trial's run; returns a train() callback for its per-update metrics."""
         return lambda record: None
 
@@ -396,20 +394,48 @@ class MlflowTracker(NoTracker):
     """Nested MLflow runs (tracking.py): one parent per study, shared by all its workers and
     found again by its tags when the study resumes; a child run per trial with the trial's
     config as params, training metrics, ``tune/intermediate_return`` (step = env steps),
-    ``tune/objective`` and the tag ``trial_state`` (complete / pruned / failed)."""
+    ``tune/objective`` and the tag ``trial_state`` (complete / pruned / failed).
+
+    A store that cannot be reached costs one warning line: the study goes on without a parent
+    run, and each trial keeps what MLflow is missing in its folder for ``trpo-sync``."""
 
     def __init__(self, cfg: Config, study: optuna.Study, storage: str) -> None:
-        from mlflow import MlflowClient
-
         self.uri = tracking.resolve_tracking_uri(cfg.tracking)
-        # MlflowClient creates (migrates) a SQLite store at once: workers starting together
-        # must take turns, or one fails on half-created tables.
-        with tracking._store_lock(self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = tracking.experiment_id(self.client, self.uri, cfg.tracking.experiment)
         self.study_tags = {"optuna_study": study.study_name, "optuna_storage": storage}
-        self.parent_id = self._parent(cfg)
         self.runs: dict[int, tracking.TrackedRun] = {}
+        self.parent_id: str | None = None
+        try:
+            # open_experiment creates the client under the store's lock (workers starting
+            # together on a fresh SQLite store take turns) and retries while it is locked.
+            self.client, self.experiment_id = tracking.open_experiment(
+                self.uri, cfg.tracking.experiment
+            )
+            with tracking.quiet_http():
+                self.parent_id = self._parent(cfg)
+        except tracking.TrackingUnavailableError as err:
+            tracking.warn_unreachable(
+                self.uri, str(err), "the study goes on; trials keep their results for trpo-sync"
+            )
+        except Exception as err:
+            if not tracking.is_outage(err):
+                raise
+            tracking.warn_unreachable(
+                self.uri, err, "the study goes on; trials keep their results for trpo-sync"
+            )
+
+    def _best_effort(self, call: Callable[[], Any]) -> None:
+        """A study-level MLflow call (parent run, another worker's trial) that may not stop
+        the study: a store gone away costs one warning line."""
+        if self.parent_id is None:
+            return
+        try:
+            with tracking.quiet_http():
+                call()
+        except Exception as err:
+            if not tracking.is_outage(err):
+                raise
+            tracking.warn_unreachable(self.uri, err, "the study's parent run is left incomplete")
+            self.parent_id = None
 
     def _find_parents(self) -> list[Any]:
         query = " and ".join(f"tags.{k} = '{v}'" for k, v in self.study_tags.items())
@@ -441,7 +467,9 @@ class MlflowTracker(NoTracker):
         self.client.update_run(parent_id, status="RUNNING")
         return parent_id
 
-    def start_trial(self, trial: optuna.Trial, cfg: Config) -> Callable[[UpdateRecord], None]:
+    def start_trial(
+        self, trial: optuna.Trial, cfg: Config, run_dir: Path | None = None
+    ) -> Callable[[UpdateRecord], None]:
         run = tracking.start_run(
             cfg,
             run_name=f"{self.study_tags['optuna_study']}/trial_{trial.number}",
@@ -454,6 +482,7 @@ class MlflowTracker(NoTracker):
                 "trial_state": "running",
                 "tuned_keys": ",".join(trial.user_attrs.get("config", {})),
             },
+            folder=run_dir,
         )
         self.runs[trial.number] = run
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -470,17 +499,25 @@ class MlflowTracker(NoTracker):
             return
         if value is not None:
             run.log_metrics({"tune/objective": value}, step=env_steps)
-        self.client.set_tag(run.run_id, "trial_state", state)
+        run.set_tag("trial_state", state)
         run.finish("FAILED" if state == "failed" else "FINISHED")
 
     def lost_trial(self, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            self.client.set_tag(run_id, "trial_state", "failed")
-            self.client.set_tag(run_id, "trial_fail_reason", "worker lost (no heartbeat)")
-            self.client.set_terminated(run_id, "FAILED")
+
+            def mark_failed() -> None:
+                self.client.set_tag(run_id, "trial_state", "failed")
+                self.client.set_tag(run_id, "trial_fail_reason", "worker lost (no heartbeat)")
+                self.client.set_terminated(run_id, "FAILED")
+
+            self._best_effort(mark_failed)
 
     def finish_study(self, summary: StudySummary, report_dir: Path | None, done: bool) -> None:
+        self._best_effort(lambda: self._finish_parent(summary, report_dir, done))
+
+    def _finish_parent(self, summary: StudySummary, report_dir: Path | None, done: bool) -> None:
+        assert self.parent_id is not None
         metrics = {
             "tune/trials_complete": summary.n_complete,
             "tune/trials_pruned": summary.n_pruned,
@@ -575,7 +612,7 @@ class Objective:
             trial.set_user_attr("invalid", str(err))
             raise optuna.TrialPruned(f"invalid config: {err}") from None
         run_dir = self.study_dir / f"trial_{trial.number}"
-        log_update = self.tracker.start_trial(trial, cfg)
+        log_update = self.tracker.start_trial(trial, cfg, run_dir)
         reporter = _Reporter(trial, cfg, run_dir, self.tracker)
         try:
             value = self._train_and_evaluate(trial, cfg, run_dir, reporter, log_update)
@@ -996,11 +1033,7 @@ def tuned_config_yaml(base: Config, default: Config, best: FrozenTrial, storage:
 
 def write_tuned_config(path: Path, text: str, study_name: str, *, overwrite: bool) -> Path:
     check_tuned_config(path, study_name, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, text)
 
 
 # --- the study report ----------------------------------------------------------------------------
@@ -1036,8 +1069,10 @@ def write_report(study: optuna.Study, summary: StudySummary, out_dir: Path) -> P
                 if first.get_legend() is not None and len(study.trials) > 10:
                     first.get_legend().remove()  # a line per trial: the legend would dwarf it
                 fig = first.get_figure()
-                fig.savefig(out_dir / f"{name}.png", dpi=100, bbox_inches="tight")
+                png = io.BytesIO()
+                fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
                 plt.close(fig)
+                atomic_write(out_dir / f"{name}.png", png.getvalue())
             lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({name}.png)", ""]
         except Exception as err:  # too few trials for this figure
             lines += [f"## {name.replace('_', ' ')}", "", f"(not drawn: {_first_line(err)})", ""]
@@ -1061,6 +1096,4 @@ def write_report(study: optuna.Study, summary: StudySummary, out_dir: Path) -> P
             f"| {t.number} | {t.state.name.lower()} | {value} | {' | '.join(cells)} | {seconds} |"
         )
     optuna.logging.set_verbosity(verbosity)
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write(out_dir / "report.md", "\n".join(lines) + "\n")
