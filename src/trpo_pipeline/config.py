@@ -56,7 +56,7 @@ class AlgoConfig:
     gamma: float = 0.99  # discount in (0, 1]
     gae_lambda: float = 0.95  # GAE lambda in [0, 1]: 0 = one-step TD, 1 = Monte Carlo
     vf_lr: float = 3e-3  # Adam learning rate of the critic
-    vf_epochs: int = 8  # passes over the batch when fitting the critic
+    vf_epochs: int = 4  # passes over the batch when fitting the critic
     vf_minibatch: int = 512  # critic minibatch size
     cg_iters: int = 10  # conjugate-gradient iterations for F^-1 g
     cg_damping: float = 0.1  # F + damping * I keeps CG well conditioned
@@ -66,7 +66,7 @@ class AlgoConfig:
     num_envs: int = 16  # parallel environments in the vector env
     entropy_coef: float = 0.0  # weight of the entropy bonus in the surrogate
     normalize_advantages: bool = True  # standardise advantages per batch
-    fvp_subsample: float = 0.25  # fraction of the batch used for Fisher-vector products
+    fvp_subsample: float = 0.1  # fraction of the batch used for Fisher-vector products
 
     @property
     def steps_per_env(self) -> int:
