@@ -12,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from trpo_pipeline.adam import Adam
 from trpo_pipeline.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -33,7 +34,7 @@ def make_checkpoint() -> Checkpoint:
     torch.manual_seed(0)
     policy = PolicyConfig(hidden_sizes=(8,), critic_hidden_sizes=(8,))
     actor, critic = GaussianActor(3, 1, policy), Critic(3, policy)
-    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    optimizer = Adam(critic.parameters(), lr=1e-3)
     critic(torch.randn(5, 3)).pow(2).mean().backward()
     optimizer.step()  # an optimiser with state to save
     normalizer = ObsNormalizer.create(3, clip=5.0)
@@ -66,6 +67,8 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(a[key], b[key]), key
         elif isinstance(a[key], dict):
             assert_same_state(a[key], b[key])
+        elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], torch.Tensor):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key], strict=True)), key
         else:
             assert a[key] == b[key], key
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from trpo_pipeline.adam import Adam
 from trpo_pipeline.config import PolicyConfig
 from trpo_pipeline.policies import (
     CategoricalActor,
@@ -33,7 +34,7 @@ def test_actor_and_critic_share_no_parameters(space):
 
     # Training the critic as train.py does cannot move the policy.
     before = [p.detach().clone() for p in actor.parameters()]
-    optimizer = torch.optim.Adam(critic.parameters(), lr=0.1)
+    optimizer = Adam(critic.parameters(), lr=0.1)
     obs = torch.randn(32, 4)
     loss = (critic(obs) - 10.0).pow(2).mean()
     optimizer.zero_grad()

@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call
 
 from trpo_pipeline import trpo
+from trpo_pipeline.adam import Adam
 from trpo_pipeline.config import AlgoConfig, PolicyConfig
 from trpo_pipeline.policies import CategoricalActor, Critic, GaussianActor
 
@@ -211,7 +212,7 @@ def test_full_natural_gradient_step_lands_on_the_trust_region_boundary():
     # alpha = sqrt(2 delta / s^T F s) makes the quadratic KL model equal delta; for a small
     # delta the exact KL of the full step is close to it, and the first step is accepted.
     actor, obs, actions, advantages = policy_batch("gaussian")
-    cfg = AlgoConfig(max_kl=1e-5, cg_damping=0.0, cg_iters=20)
+    cfg = AlgoConfig(max_kl=1e-5, cg_damping=0.0, cg_iters=20, fvp_subsample=1.0)
 
     step = trpo.policy_step(actor, obs, actions, advantages, cfg)
 
@@ -275,7 +276,7 @@ def test_policy_step_skips_non_finite_curvature_without_writing_nan():
 def test_fit_critic_reduces_the_loss_and_leaves_the_actor_alone():
     torch.manual_seed(0)
     actor, critic = make_actor("gaussian"), Critic(OBS_DIM, TINY)
-    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    optimizer = Adam(critic.parameters(), lr=1e-2)
     obs = torch.randn(256, OBS_DIM)
     returns = obs @ torch.tensor([1.0, -2.0, 0.5]) + 3.0
     actor_before, critic_before = params_of(actor), params_of(critic)

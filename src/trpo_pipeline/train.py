@@ -18,6 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from trpo_pipeline import advantages, trpo
+from trpo_pipeline.adam import Adam
 from trpo_pipeline.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -146,8 +147,7 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         obs_dim, action_space = space_dims(envs)
         actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
         critic = Critic(obs_dim, cfg.policy).to(device)
-        # fused: one kernel per parameter tensor instead of a dozen; the same Adam update.
-        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=a.vf_lr, fused=True)
+        critic_optimizer = Adam(critic.parameters(), lr=a.vf_lr)
         normalizer = (
             ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
         )

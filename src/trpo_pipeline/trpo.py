@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
+from trpo_pipeline.adam import Adam
 from trpo_pipeline.config import AlgoConfig
 
 
@@ -280,7 +281,7 @@ def policy_step(
 
 def fit_critic(
     critic: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     obs: torch.Tensor,
     returns: torch.Tensor,
     epochs: int,
@@ -293,7 +294,7 @@ def fit_critic(
         losses = []
         for idx in torch.randperm(n).split(minibatch):
             loss = (critic(obs[idx]) - returns[idx]).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
@@ -311,7 +312,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 def update(
     actor: nn.Module,
     critic: nn.Module,
-    critic_optimizer: torch.optim.Optimizer,
+    critic_optimizer: Adam,
     obs: torch.Tensor,
     actions: torch.Tensor,
     advantages: torch.Tensor,
