@@ -164,3 +164,12 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
     assert len([r for r in runs if r.data.tags.get("tune_role") == "study"]) == 1
     (lost_run,) = [r for r in runs if r.info.run_id == lost.user_attrs["mlflow_run_id"]]
     assert (lost_run.data.tags["trial_state"], lost_run.info.status) == ("failed", "FAILED")
+    # MLflow holds one run per trial that ran, no more (no duplicate) and no fewer (none lost).
+    by_trial = {t.user_attrs["mlflow_run_id"]: t for t in trials if "mlflow_run_id" in t.user_attrs}
+    trial_runs = [r for r in runs if r.data.tags.get("tune_role") == "trial"]
+    assert sorted(r.info.run_id for r in trial_runs) == sorted(by_trial)
+    for r in trial_runs:
+        trial = by_trial[r.info.run_id]
+        assert r.data.tags["trial_number"] == str(trial.number)
+        state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
+        assert r.data.tags["trial_state"] == state.get(trial.state, "failed")

@@ -2,7 +2,9 @@
 
 Each command first composes and validates every configuration it is about to run (all jobs of
 a multirun included), so bad input ends with one line naming the key, exit status 2, and
-nothing written. Only then does Hydra take over.
+nothing written. Only then does Hydra take over. An error Hydra's task still finds (a corrupt
+checkpoint) removes every empty folder Hydra created for it. torch is imported only once a
+task runs, so that errors are fast.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trpo_pipeline.checkpoint import CheckpointError
-from trpo_pipeline.config import Config, ConfigError, describe_override_key, load_config
+from trpo_pipeline.config import (
+    Config,
+    ConfigError,
+    check_runtime,
+    describe_override_key,
+    load_config,
+)
 from trpo_pipeline.credentials import mask
 
 CONFIG_NAME = "config"
@@ -34,6 +41,9 @@ _FLAGS_WITH_VALUE = {
     "-i",
 }
 _FLAGS_SKIPPING_CHECKS = {"-h", "--help", "--hydra-help", "--version", "--shell-completion", "-sc"}
+# Folders the coming Hydra run will create (deepest first), found before it starts: what an
+# error in the task removes again when they are empty.
+_new_folders: list[Path] = []
 
 
 def find_conf_dir() -> Path:
@@ -51,7 +61,8 @@ def find_conf_dir() -> Path:
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {mask(message)}", file=sys.stderr)
+    line = " ".join(mask(message).split("\n"))
+    print(f"{prog}: error: {line}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -91,6 +102,8 @@ def compose(overrides: Sequence[str], conf_dir: Path | None = None) -> Any:
         raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
     except (HydraException, OmegaConfBaseException) as err:
         raise _composition_error(err) from None
+    except ValueError as err:  # an integer of thousands of digits
+        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -123,7 +136,7 @@ def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
-    except HydraException as err:
+    except (HydraException, ValueError) as err:
         raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
     return jobs
 
@@ -136,15 +149,81 @@ def preflight(argv: Sequence[str], conf_dir: Path) -> list[Config]:
     return [load_config(compose(job, conf_dir)) for job in expand(overrides, multirun)]
 
 
-def run_hydra_app(prog: str, task: Callable[[Any], Any]) -> None:
-    """Validate the command line, then hand it to Hydra with conf/ as the config dir."""
-    import hydra
+def planned_output_dir(argv: Sequence[str], conf_dir: Path) -> Path | None:
+    """The folder Hydra will write this command line's outputs to (a multirun's sweep folder),
+    worked out before Hydra starts; None when it cannot be told beforehand."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    conf_dir = find_conf_dir()
+    overrides, multirun, wanted = split_argv(argv)
+    if not wanted:
+        return None
+    job = expand(overrides, multirun)[0]
+    try:  # Hydra's own settings too: a bad one is a one-line error here, not Hydra's report
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = hydra_compose(CONFIG_NAME, job + hydra_overrides(argv), return_hydra_config=True)
+    except OverrideParseException as err:
+        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        text = " ".join(str(err).split("Config search path")[0].split())
+        if err.__cause__ is not None and str(err.__cause__).strip():
+            text += f" ({_first_line(err.__cause__)})"
+        raise ConfigError("", text) from None
     try:
-        preflight(sys.argv[1:], conf_dir)
+        folder = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    except Exception:  # an interpolation only Hydra's run can resolve
+        return None
+    return (Path.cwd() / str(folder)).resolve() if folder else None
+
+
+def hydra_overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides of Hydra's own config (hydra.run.dir=..., hydra/launcher=joblib)."""
+    out: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg in _FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-") and arg.lstrip("+~").startswith(("hydra.", "hydra/")):
+            out.append(arg)
+    return out
+
+
+def _folders_to_create(folder: Path | None) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    if folder is None:
+        return []
+    missing = [folder]
+    for parent in folder.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return [] if folder.exists() else missing
+
+
+def run_hydra_app(
+    prog: str,
+    task: Callable[[Any], Any],
+    check: Callable[[list[Config], Path | None, bool], None] | None = None,
+) -> None:
+    """Validate the command line (and ``check(configs, output folder, is multirun)`` what else
+    can be known before anything runs), then hand it to Hydra with conf/ as the config dir."""
+    conf_dir = find_conf_dir()
+    folder = None
+    try:
+        configs = preflight(sys.argv[1:], conf_dir)
+        folder = planned_output_dir(sys.argv[1:], conf_dir) if configs else None
+        if check is not None and configs:
+            check(configs, folder, split_argv(sys.argv[1:])[1])
     except ConfigError as err:
         fail(prog, str(err))
+    _new_folders[:] = _folders_to_create(folder)
+    import hydra
+
     hydra.main(config_path=str(conf_dir), config_name=CONFIG_NAME, version_base="1.3")(task)()
 
 
@@ -154,14 +233,27 @@ def _output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def remove_empty_folders(run_dir: Path) -> None:
+    """Remove ``run_dir`` and the folders Hydra created above it, each if it is empty."""
+    run_dir = run_dir.resolve()
+    new = list(_new_folders)
+    if not new or any(f in run_dir.parents for f in new):  # a multirun job's own folder
+        new.insert(0, run_dir)
+    for folder in new:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def _guarded(prog: str, body: Callable[[Path], Any]) -> Any:
-    """Run ``body(run_dir)``; user errors end with one line and exit 2, an empty run dir removed."""
+    """Run ``body(run_dir)``; user errors end with one line and exit 2, with every empty folder
+    Hydra made for the run removed again."""
+    from trpo_pipeline.checkpoint import CheckpointError
+
     run_dir = _output_dir()
     try:
         return body(run_dir)
     except (ConfigError, CheckpointError) as err:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        remove_empty_folders(run_dir)
         fail(prog, str(err))
 
 
@@ -204,8 +296,39 @@ def _train_task(dcfg: Any) -> float:
     return _guarded("trpo-train", body)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a folder we may not read: as good as missing
+        return False
+
+
+def check_training(configs: list[Config], folder: Path | None, multirun: bool) -> None:
+    """Before Hydra (and before an MLflow run is opened): the device exists, the MLflow store
+    can be used, a checkpoint to resume from loads and fits the config, and a single run's
+    folder holds no results yet."""
+    from trpo_pipeline.tracking import check_store
+
+    for cfg in configs:
+        check_runtime(cfg)
+        check_store(cfg.tracking)
+        if cfg.resume is not None and not _is_file(Path(cfg.resume)):
+            raise ConfigError("resume", f"no checkpoint file at {cfg.resume}")
+    from trpo_pipeline.checkpoint import CheckpointError, load_checkpoint
+    from trpo_pipeline.train import _check_resumable, check_run_dir
+
+    for cfg in configs:
+        if cfg.resume is not None:
+            try:
+                _check_resumable(load_checkpoint(Path(cfg.resume)), cfg, Path(cfg.resume))
+            except CheckpointError as err:
+                raise ConfigError("resume", str(err)) from None
+    if not multirun and folder is not None:
+        check_run_dir(folder, configs[0])
+
+
 def train_main() -> None:
-    run_hydra_app("trpo-train", _train_task)
+    run_hydra_app("trpo-train", _train_task, check_training)
 
 
 # --- trpo-evaluate -------------------------------------------------------------------------------
@@ -236,5 +359,42 @@ def _evaluate_task(dcfg: Any) -> float:
     return _guarded("trpo-evaluate", body)
 
 
+def check_evaluation(configs: list[Config], folder: Path | None, multirun: bool) -> None:
+    """Before Hydra: the checkpoint to evaluate is there and loads (the run folder's, when it
+    is known in advance), and its evaluation would not replace another without overwrite."""
+    from trpo_pipeline.checkpoint import CheckpointError, load_checkpoint
+    from trpo_pipeline.evaluate import EVAL_METRICS
+    from trpo_pipeline.train import CHECKPOINT
+
+    for cfg in configs:
+        if cfg.evaluate.checkpoint is not None:
+            if not _is_file(Path(cfg.evaluate.checkpoint)):
+                raise ConfigError(
+                    "evaluate.checkpoint", f"no checkpoint file at {cfg.evaluate.checkpoint}"
+                )
+        elif multirun and folder is not None and not folder.is_dir():
+            raise ConfigError(
+                "evaluate.checkpoint",
+                f"no trained runs in {folder}: pass hydra.sweep.dir=<a training multirun's "
+                "folder>, or evaluate.checkpoint=<file>",
+            )
+        elif not multirun and folder is not None and not _is_file(folder / CHECKPOINT):
+            raise ConfigError(
+                "evaluate.checkpoint",
+                f"no checkpoint at {folder / CHECKPOINT}: train it first, or pass "
+                "evaluate.checkpoint=<file>",
+            )
+    if not multirun and folder is not None:
+        cfg = configs[0]
+        checkpoint = Path(cfg.evaluate.checkpoint or folder / CHECKPOINT)
+        try:
+            load_checkpoint(checkpoint)
+        except CheckpointError as err:
+            raise ConfigError("evaluate.checkpoint", str(err)) from None
+        out = folder / EVAL_METRICS
+        if out.exists() and not cfg.overwrite:
+            raise ConfigError("", f"{out} already exists; pass overwrite=true to replace it")
+
+
 def evaluate_main() -> None:
-    run_hydra_app("trpo-evaluate", _evaluate_task)
+    run_hydra_app("trpo-evaluate", _evaluate_task, check_evaluation)

@@ -17,13 +17,43 @@ from typing import Any
 
 ACTIVATIONS = ("tanh", "relu", "elu")
 DEVICES = ("cpu", "cuda", "auto")
+# Upper bounds: beyond them a value is a typo that would crash or exhaust the machine after
+# minutes, not an experiment (torch segfaults on 10^5 threads, 10^8 units allocate terabytes).
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes seeds in [0, 2^32)
+MAX_LAYER = 8192  # units per hidden layer
+MAX_LAYERS = 64  # hidden layers
+MAX_EPISODES = 10_000  # evaluation runs its episodes side by side, one env each
+MAX_NAME = 100  # characters of a run or study name (a folder name, inside longer paths)
+MAX_PATH = 4096  # characters of a file path or URI (Linux's PATH_MAX)
+# Upper bounds of the keys above which training would not finish, blow up memory or diverge
+# at once; the lower bounds are in validate().
+UPPER_BOUNDS = {
+    "algo.vf_lr": 1.0,
+    "algo.cg_damping": 1000.0,
+    "algo.entropy_coef": 1.0,
+    "algo.vf_epochs": 10_000,
+    "algo.cg_iters": 10_000,
+    "algo.line_search_steps": 1000,
+    "algo.steps_per_update": 10_000_000,  # the batch is held in memory
+    "algo.vf_minibatch": 10_000_000,
+    "algo.num_envs": 1024,
+    "train.torch_threads": 1024,  # torch segfaults on 10^5 threads
+    "evaluate.episodes": 10_000,  # evaluation runs its episodes side by side, one env each
+}
+LOG_STD_RANGE = (-20.0, 2.0)  # exp() of it is the initial action std: 2e-9 to 7.4
+MAX_MESSAGE = 300  # characters of an error line: a huge value is shown cut short
+# MLflow stores: scheme://... (SQLAlchemy dialects may add +driver), or a plain folder.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 class ConfigError(ValueError):
     """A user-caused configuration problem; ``str(err)`` is the one line to show them."""
 
     def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}" if key else problem)
+        text = " ".join((f"{key}: {problem}" if key else problem).split("\n"))
+        if len(text) > MAX_MESSAGE:  # a 100 kB value would otherwise be echoed in full
+            text = f"{text[: MAX_MESSAGE - 40]}... ({len(text):,} characters in all)"
+        super().__init__(text)
         self.key = key
 
 
@@ -213,6 +243,9 @@ def validate(cfg: Config) -> None:
         "num_envs",
     ):
         _positive(f"algo.{key}", getattr(a, key))
+    for dotted, high in UPPER_BOUNDS.items():
+        group, key = dotted.split(".")
+        _at_most(dotted, getattr(getattr(cfg, group), key), high)
     if a.cg_damping < 0:
         raise ConfigError("algo.cg_damping", f"must be >= 0, got {a.cg_damping}")
     if a.entropy_coef < 0:
@@ -226,10 +259,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("algo.steps_per_update", "must give at least 2 steps per env")
     for key in ("hidden_sizes", "critic_hidden_sizes"):
         sizes = getattr(p, key)
-        if not sizes or any(s <= 0 for s in sizes):
+        if not sizes or len(sizes) > MAX_LAYERS or any(not 0 < s <= MAX_LAYER for s in sizes):
             raise ConfigError(
-                f"policy.{key}", f"must be a non-empty list of sizes > 0, got {list(sizes)}"
+                f"policy.{key}",
+                f"must be a non-empty list of sizes > 0 (at most {MAX_LAYERS} sizes of at most "
+                f"{MAX_LAYER}), got {list(sizes)}",
             )
+    _in_range("policy.log_std_init", p.log_std_init, *LOG_STD_RANGE, low_open=False)
     if p.activation not in ACTIVATIONS:
         raise ConfigError(
             "policy.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {p.activation!r}"
@@ -240,16 +276,82 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{key}", getattr(t, key))
     if t.device not in DEVICES:
         raise ConfigError("train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")
-    if not cfg.tracking.experiment.strip():
+    if not cfg.tracking.experiment.strip() or not cfg.tracking.experiment.isprintable():
         raise ConfigError("tracking.experiment", "must be a non-empty MLflow experiment name")
+    _check_tracking_uri(cfg.tracking.uri)
     _positive("evaluate.episodes", e.episodes)
-    if e.seed < 0:
-        raise ConfigError("evaluate.seed", f"must be >= 0, got {e.seed}")
-    if cfg.seed < 0:
-        raise ConfigError("seed", f"must be >= 0, got {cfg.seed}")
-    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
-        raise ConfigError("name", f"must be a non-empty folder name without '/', got {cfg.name!r}")
+    if len(cfg.tracking.experiment) > 256:  # MLflow's column
+        raise ConfigError("tracking.experiment", "must be at most 256 characters")
+    for key, path in (("resume", cfg.resume), ("evaluate.checkpoint", e.checkpoint)):
+        check_path(key, path)
+    for key, seed in (("evaluate.seed", e.seed), ("seed", cfg.seed)):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(key, f"must be in [0, {MAX_SEED}], got {seed}")
+    check_folder_name("name", cfg.name)
     _check_env_id(cfg.env.id)
+
+
+def _at_most(key: str, value: float, high: float) -> None:
+    if value > high:
+        raise ConfigError(key, f"must be <= {high}, got {value}")
+
+
+def check_path(key: str, path: str | None) -> None:
+    """A file path the user gives (null allowed): one the OS could open, or ConfigError."""
+    if path is None:
+        return
+    parts = path.split("/")
+    if (
+        not path.strip()
+        or len(path) > MAX_PATH
+        or not path.isprintable()
+        or any(len(part.encode()) > 255 for part in parts)
+    ):
+        raise ConfigError(key, f"must be null or a file path, got {path!r}")
+
+
+def check_folder_name(key: str, name: str) -> None:
+    """A name that becomes a folder (runs/<name>/, a study's folder): ConfigError if not."""
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or "/" in name
+        or name.startswith(".")
+        or not name.isprintable()
+    ):
+        raise ConfigError(
+            key,
+            f"must be a folder name of 1-{MAX_NAME} printable characters, without '/' and "
+            f"not starting with '.', got {name!r}",
+        )
+
+
+def _check_tracking_uri(uri: str | None) -> None:
+    if uri is None:
+        return
+    scheme = uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
+    if (
+        not uri.strip()
+        or len(uri) > MAX_PATH
+        or not uri.isprintable()
+        or ("://" in uri and scheme not in TRACKING_SCHEMES)
+    ):
+        raise ConfigError(
+            "tracking.uri",
+            f"must be null, a folder, or a {'/'.join(TRACKING_SCHEMES)}:// URI, got {uri!r}",
+        )
+
+
+def check_runtime(cfg: Config) -> None:
+    """What depends on this machine, for commands that train: a CUDA device if one is asked
+    for (torch is imported only then)."""
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "train.device", "cuda was asked for but torch sees no CUDA device (use cpu or auto)"
+            )
 
 
 def _check_env_id(env_id: str) -> None:

@@ -24,8 +24,7 @@ from typing import NoReturn
 import yaml
 
 from trpo_pipeline import tracking
-from trpo_pipeline.checkpoint import CheckpointError
-from trpo_pipeline.config import Config, ConfigError, config_from_dict
+from trpo_pipeline.config import Config, ConfigError, check_runtime, config_from_dict
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.files import atomic_output, atomic_write
 
@@ -45,6 +44,10 @@ def read_params(path: Path = PARAMS) -> Config:
         values = yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError("", f"cannot read {path}: {err.strerror} (run trpo-params)") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer of 5000 digits
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError("", f"{path} is not valid YAML{at}: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError("", f"{path} must hold a mapping of config groups")
     return config_from_dict(values)
@@ -71,6 +74,8 @@ def train_stage(cfg: Config, params: Path) -> None:
 
     if cfg.resume is not None:
         raise ConfigError("resume", "must be null in the DVC pipeline, which trains from scratch")
+    check_runtime(cfg)
+    tracking.check_store(cfg.tracking)
     _fresh(TRAIN_DIR)
     run = tracking.start_run(cfg, tags={"launcher": "dvc"}, folder=TRAIN_DIR)
     with tracking.recording(run):
@@ -92,8 +97,8 @@ def evaluate_stage(cfg: Config, params: Path) -> None:
         raise ConfigError(
             "evaluate.checkpoint", f"must be null in the DVC pipeline (it uses {TRAIN_DIR})"
         )
+    result = evaluate(TRAIN_DIR / CHECKPOINT, cfg.evaluate)  # a bad checkpoint: nothing lost
     _fresh(EVAL_DIR)
-    result = evaluate(TRAIN_DIR / CHECKPOINT, cfg.evaluate)
     write_eval(result, EVAL_DIR / EVAL_METRICS)
     run = tracking.run_for_evaluation(
         cfg,
@@ -178,7 +183,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(summary(cfg))
         else:
             STAGES[args.stage](cfg, args.params)
-    except (ConfigError, CheckpointError) as err:
+    except ConfigError as err:
+        fail(prog, str(err))
+    except ValueError as err:  # torch only loads once a stage runs
+        from trpo_pipeline.checkpoint import CheckpointError
+
+        if not isinstance(err, CheckpointError):
+            raise
         fail(prog, str(err))
 
 

@@ -188,8 +188,8 @@ def resolve_uri(pending: Pending, given: str | None) -> str:
     if recorded and f":{MASK}@" not in recorded:
         return recorded
     env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if recorded and env and mask(env) == recorded:
-        return env
+    if recorded and env and mask(resolve_tracking_uri(TrackingConfig(uri=env))) == recorded:
+        return resolve_tracking_uri(TrackingConfig(uri=env))
     if not recorded:
         raise SyncError("the marker names no tracking store; pass --tracking-uri")
     raise SyncError(

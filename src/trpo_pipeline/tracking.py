@@ -31,6 +31,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -111,7 +112,57 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     if "://" not in uri:  # a local folder (MLflow's file store)
         path = Path(uri)
         return str(path if path.is_absolute() else project_root() / path)
+    if uri.startswith(("postgresql://", "postgres://")) and not _installed("psycopg"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project ships psycopg2.
+        return "postgresql+psycopg2://" + uri.split("://", 1)[1]
     return uri
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def check_store(cfg: TrackingConfig) -> None:
+    """Read-only checks, before anything runs, that a SQLite store can be used: its file is a
+    SQLite database (or can be created) and is writable. ConfigError on tracking.uri if not."""
+    if not cfg.enabled:
+        return
+    uri = resolve_tracking_uri(cfg)
+    db = sqlite_path(uri)
+    if db is None:
+        return
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError("tracking.uri", f"cannot use the MLflow store {redact(uri)}: {problem}")
+
+    try:
+        _check_sqlite_file(db, bad)
+    except OSError as err:
+        raise bad(f"{err.strerror or err}") from None
+
+
+def _check_sqlite_file(db: Path, bad: Callable[[str], ConfigError]) -> None:
+    if db.exists():
+        if not db.is_file():
+            raise bad(f"{db} is not a file")
+        with db.open("rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise bad(f"{db} is not a SQLite database")
+        if not os.access(db, os.R_OK | os.W_OK):
+            raise bad(f"{db} is not writable")
+        return
+    folder = next(p for p in db.parents if p.exists())
+    if not folder.is_dir():
+        raise bad(f"{folder} is a file, not a folder")
+    try:  # os.access says yes to root even where nothing can be created (/proc)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".trpo-store-check.")
+    except OSError as err:
+        raise bad(f"cannot create {db}: {err.strerror}") from None
+    os.close(fd)
+    Path(probe).unlink()
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -160,6 +211,8 @@ def is_outage(err: BaseException) -> bool:
         is_locked(err)
         or bool(re.search(r"API request to \S+ failed with (timeout )?exception", text))
         or bool(re.search(r"failed with error code 5\d\d", text))
+        # a database server (PostgreSQL backend) that is down
+        or bool(re.search(r"(?i)connection refused|could not connect|timeout expired", text))
     )
 
 
@@ -232,6 +285,15 @@ def _client(uri: str) -> MlflowClient:
         import logging
 
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    elif "://" in uri and sqlite_path(uri) is None:  # a database server (PostgreSQL, MySQL)
+        import logging
+
+        import mlflow.store.db.utils as db_utils
+
+        # MLflow retries a refused database connection 10 times over 51 s, twice (tracking and
+        # registry stores), logging each: 4 quiet tries (about 1 s) say the same.
+        db_utils.MAX_RETRY_COUNT = min(db_utils.MAX_RETRY_COUNT, 4)
+        logging.getLogger(db_utils.__name__).setLevel(logging.ERROR)
     with _store_lock(uri):
         client = retry_locked(lambda: MlflowClient(tracking_uri=uri))
     return cast("MlflowClient", _RetryingClient(client))
@@ -253,7 +315,9 @@ def _store_lock(uri: str) -> Iterator[None]:
     from filelock import FileLock
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock", timeout=300):
+    lock = Path(f"{db}.lock")
+    lock.touch()  # FileLock retries a lock file it cannot create (OSError here) for minutes
+    with FileLock(str(lock), timeout=300):
         yield
 
 
@@ -282,17 +346,14 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
     """(client, experiment id). A store that cannot be used is a ConfigError on tracking.uri;
     one that cannot be reached now is :class:`TrackingUnavailableError`."""
-    from mlflow.exceptions import MlflowException
 
     try:
         with quiet_http():
             client = _client(uri)
             return client, experiment_id(client, uri, name)
-    except Exception as err:
+    except Exception as err:  # MlflowException, and SQLAlchemy's and the OS's own errors
         if is_outage(err):
             raise TrackingUnavailableError(first_line(err)) from None
-        if not isinstance(err, MlflowException):
-            raise
         raise ConfigError(
             "tracking.uri", f"cannot use the MLflow store {redact(uri)}: {first_line(err)}"
         ) from None
@@ -636,8 +697,6 @@ def upload_artifact(
 ) -> None:
     """Upload one file; a text file that quotes a password (params.yaml, dvc.lock: a tracking
     URI with credentials) is uploaded as a masked copy of the same name."""
-    import tempfile
-
     path = Path(path)
     if path.suffix in _TEXT_ARTIFACTS and path.stat().st_size < 50_000_000:
         text = path.read_text(errors="surrogateescape")

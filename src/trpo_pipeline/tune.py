@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trpo_pipeline import tracking
 from trpo_pipeline.checkpoint import rng_state, set_rng_state
 from trpo_pipeline.config import (
+    MAX_EPISODES,
     Config,
     ConfigError,
     EvaluateConfig,
@@ -44,6 +45,8 @@ from trpo_pipeline.config import (
     SearchParam,
     StorageConfig,
     TuneConfig,
+    check_folder_name,
+    check_path,
     config_from_dict,
     to_dict,
 )
@@ -138,9 +141,11 @@ def with_values(cfg: Config, values: Mapping[str, Any]) -> Config:
 def validate_tune(cfg: Config) -> None:
     """Range checks of the tune section and of every search-space entry; ConfigError if bad."""
     t = cfg.tune
-    if not t.study_name or "/" in t.study_name or t.study_name.startswith("."):
+    check_folder_name("tune.study_name", t.study_name)
+    check_path("tune.output_dir", t.output_dir)
+    if t.report_episodes > MAX_EPISODES:
         raise ConfigError(
-            "tune.study_name", f"must be a non-empty name without '/', got {t.study_name!r}"
+            "tune.report_episodes", f"must be <= {MAX_EPISODES}, got {t.report_episodes}"
         )
     for key in ("n_trials", "report_every", "report_episodes"):
         if getattr(t, key) <= 0:
@@ -170,6 +175,7 @@ def validate_tune(cfg: Config) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"tune.storage.{key}", f"must be > 0 or null, got {value}")
     url = t.storage.url
+    check_path("tune.storage.url", url)
     if url is not None and not (url.startswith("journal:") or "://" in url):
         raise ConfigError(
             "tune.storage.url",

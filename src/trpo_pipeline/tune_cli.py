@@ -28,7 +28,7 @@ from trpo_pipeline.cli import (
     run_hydra_app,
     split_argv,
 )
-from trpo_pipeline.config import Config, ConfigError, load_config
+from trpo_pipeline.config import Config, ConfigError, check_runtime, load_config
 
 PROG = "trpo-tune"
 STUDY_DIR = "hydra.run.dir=${tune.output_dir}/${tune.study_name}"
@@ -65,6 +65,7 @@ def _compose(overrides: Sequence[str]) -> Any:
 
 def _check(argv: Sequence[str], conf_dir: Path) -> None:
     """Everything that can be checked before Hydra starts; ConfigError on the first problem."""
+    from trpo_pipeline.tracking import check_store
     from trpo_pipeline.tune import check_tuned_config, validate_tune
 
     _, multirun, wanted = split_argv(argv)
@@ -75,6 +76,8 @@ def _check(argv: Sequence[str], conf_dir: Path) -> None:
     if not wanted:
         return
     (cfg,) = preflight(argv, conf_dir)
+    check_runtime(cfg)
+    check_store(cfg.tracking)
     validate_tune(cfg)
     check_tuned_config(
         tuned_config_path(conf_dir, cfg.tune.study_name),
