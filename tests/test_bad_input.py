@@ -327,6 +327,28 @@ def test_any_params_yaml_is_read_or_one_line_error(data, tmp_path) -> None:
         assert "\n" not in str(err) and 0 < len(str(err)) <= MAX_MESSAGE
 
 
+# --- folders Hydra made for a run that then failed ----------------------------------------------
+
+
+def test_an_error_in_the_task_removes_every_empty_folder_hydra_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "other").mkdir(parents=True)  # there before: stays
+    planned = tmp_path / "runs" / "fresh" / "seed0"
+    new = cli._folders_to_create(planned)
+    assert new == [planned, planned.parent]
+    monkeypatch.setattr(cli, "_new_folders", new)
+    planned.mkdir(parents=True)  # what Hydra does
+    cli.remove_empty_folders(planned)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
+
+    (tmp_path / "runs" / "other").rmdir()
+    monkeypatch.setattr(cli, "_new_folders", [])  # nothing planned: the run folder only
+    planned.mkdir(parents=True)
+    (planned.parent / "keep.txt").write_text("x")
+    cli.remove_empty_folders(planned)
+    assert not planned.exists() and (planned.parent / "keep.txt").exists()
+
+
 # --- real commands: nothing written, anywhere ----------------------------------------------------
 
 
@@ -398,6 +420,8 @@ BAD_COMMANDS = [
     ("trpo-train", ["name=fresh", "policy.hidden_sizes=[100000000]"]),
     ("trpo-train", ["name=fresh", "resume=runs/cartpole/seed0/checkpoint.pt"]),
     ("trpo-train", ["name=fresh", "tracking.uri=sqlite:////proc/nope.db"]),
+    # MLflow 3 refuses a folder store once Hydra made runs/fresh/seed0: all three go again
+    ("trpo-train", ["name=fresh", "tracking.uri=folder_store", "tracking.log_model=false"]),
     ("trpo-train", ["-m", "name=fresh", "seed=0,1", "algo.vf_lr=0"]),
     ("trpo-train", ["name=fresh", "hydra/launcher=nope"]),
     ("trpo-train", ["name=fresh", "train.device=cuda"]),
