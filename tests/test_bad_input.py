@@ -382,6 +382,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trained = work / "runs" / "cartpole" / "seed0"
     trained.mkdir(parents=True)
     (trained / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    unsynced = work / "runs" / "unsynced" / "seed0"  # trained while MLflow was down
+    unsynced.mkdir(parents=True)
+    (unsynced / "learning_curve.csv").write_text("update,env_steps\n1,512\n")
+    (unsynced / "mlflow_pending.json").write_text('{"run_id": null, "status": "FINISHED"}\n')
     (work / "outputs" / "train").mkdir(parents=True)
     (work / "outputs" / "train" / "train_metrics.json").write_text('{"updates": 3}\n')
     (work / "bad_params.yaml").write_text(
@@ -426,6 +430,7 @@ BAD_COMMANDS = [
     ("trpo-train", ["name=fresh", "hydra/launcher=nope"]),
     ("trpo-train", ["name=fresh", "train.device=cuda"]),
     ("trpo-train", []),  # runs/cartpole/seed0 already holds a checkpoint
+    ("trpo-train", ["name=unsynced", "overwrite=true"]),  # not in MLflow yet: sync first
     ("trpo-evaluate", ["name=never_trained"]),
     ("trpo-evaluate", []),  # a corrupt checkpoint
     ("trpo-evaluate", ["evaluate.episodes=0"]),

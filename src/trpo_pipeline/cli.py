@@ -325,6 +325,14 @@ def check_training(configs: list[Config], folder: Path | None, multirun: bool) -
                 raise ConfigError("resume", str(err)) from None
     if not multirun and folder is not None:
         check_run_dir(folder, configs[0])
+        from trpo_pipeline.sync import PENDING
+
+        if (folder / PENDING).is_file():  # its curve would be rewritten under it
+            raise ConfigError(
+                "",
+                f"{folder} holds a run MLflow has not got yet ({PENDING}): push it with "
+                f"trpo-sync {folder} first, or train under another name=",
+            )
 
 
 def train_main() -> None:
