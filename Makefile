@@ -45,7 +45,7 @@ lock:
 # The benchmark against sb3-contrib's TRPO (docs/benchmarks.md) has its own environment, so
 # sb3-contrib and rl_zoo3 never reach the product or its tests. Pinned by requirements.lock (the
 # product's pins) plus requirements-bench.lock (everything, the bench extra included).
-# Another selection: `make bench BENCH_ARGS="--envs halfcheetah"` (1M steps, one seed).
+# Another selection: `make bench BENCH_ARGS="--envs halfcheetah"` (1M steps, 3 seeds, ~37 min).
 BENCH_VENV ?= .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed

@@ -7,7 +7,7 @@ intervals on fixed seeds with the training clock paused. Results go to
 <out>/<timestamp>.md and .json; docs/benchmarks.md says what is measured and how.
 
     .venv-bench/bin/python benchmarks/bench.py                     # cartpole + pendulum, 3 seeds
-    .venv-bench/bin/python benchmarks/bench.py --envs halfcheetah   # 1M steps, one seed
+    .venv-bench/bin/python benchmarks/bench.py --envs halfcheetah   # 1M steps, 3 seeds (~37 min)
     .venv-bench/bin/python benchmarks/bench.py --seeds 1 --budget-scale 0.05   # smoke
 """
 
@@ -57,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seeds",
         type=int,
         default=None,
-        help="number of seeds, 0..N-1 (default: 3 for cartpole and pendulum, 1 for halfcheetah)",
+        help="number of seeds, 0..N-1 (default: 3)",
     )
     parser.add_argument(
         "--budget-scale",

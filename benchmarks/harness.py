@@ -69,7 +69,9 @@ ENVS: dict[str, BenchEnv] = {
         threshold=3000.0,
         eval_every=50_000,
         eval_episodes=10,
-        seeds=1,
+        # One seed says little here: a run can settle on a poor gait and stay there
+        # (sb3-contrib's seed 2 in docs/benchmarks.md: 1,606 at 1M).
+        seeds=3,
         zoo_block="HalfCheetahBulletEnv-v0",
         zoo_overrides={"normalize": True, "target_kl": 0.04},
         note=(
