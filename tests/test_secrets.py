@@ -223,7 +223,7 @@ def test_documented_server_commands_bind_to_localhost() -> None:
         REPO / "README.md",
         *sorted((REPO / "docs").glob("*.md")),
         *sorted((REPO / "conf").rglob("*.yaml")),
-        *sorted((REPO / "src" / "trpo_pipeline").glob("*.py")),
+        *sorted((REPO / "src" / "trpo_pipeline").rglob("*.py")),
     ]
     found = []
     for path in sources:
