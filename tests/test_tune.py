@@ -290,7 +290,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(
         for cb in callbacks:
             cb(UpdateRecord(1, 512, nan, nan, 0, 0.1, 5000.0, stats))
 
-    monkeypatch.setattr(tune, "train", diverging_train)
+    monkeypatch.setattr("trpo_pipeline.tune.objective.train", diverging_train)
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     overrides = [*TINY, "tracking.enabled=false", f"tune.storage.url={storage}", "tune.n_trials=2"]

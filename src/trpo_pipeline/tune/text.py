@@ -1,0 +1,24 @@
+"""What a person reads: progress lines, and values and errors cut to one short line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Echo = Callable[[str], None]
+
+
+def say(line: str) -> None:
+    """Progress for the person waiting: a line per event, flushed at once (pipes, logs)."""
+    print(line, flush=True)
+
+
+def first_line(err: BaseException) -> str:
+    """The error's first line (or its type when it has no message): a reason that fits a line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def format_value(value: Any) -> str:
+    """A sampled value as progress lines and reports show it: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
