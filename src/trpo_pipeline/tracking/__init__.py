@@ -1,0 +1,111 @@
+"""MLflow: where runs are recorded, and what each run records.
+
+A run gets the whole config as flattened params, per-update and evaluation metrics, provenance
+tags and artifacts (config, checkpoint, learning curve, the policy as a pyfunc model). MLflow
+never stops training: a store that cannot be reached makes the run offline, and ``trpo-sync``
+pushes what it missed later.
+
+- ``store``: where runs go (the tracking URI, checks, clients, retries on a locked SQLite
+  store, outage detection, experiments);
+- ``records``: what is recorded (params, config hash, provenance tags, metrics);
+- ``artifacts``: files uploaded with passwords masked, the policy model;
+- ``run``: one run (:class:`TrackedRun`, opening, reopening and closing it, its reference file);
+- ``stage_records``: what the training and evaluation stages record;
+- ``parents``: parent runs of a Hydra multirun or an Optuna study;
+- ``history``: reading metric histories back.
+"""
+
+from __future__ import annotations
+
+from trpo_pipeline.tracking.artifacts import MODEL_NAME, log_policy_model, upload_artifact
+from trpo_pipeline.tracking.history import metric_histories
+from trpo_pipeline.tracking.parents import PARENT_TAG, finish_parent_run, start_parent_run
+from trpo_pipeline.tracking.records import (
+    TIMING_METRICS,
+    config_hash,
+    eval_metrics,
+    flatten,
+    flatten_config,
+    git_state,
+    provenance_tags,
+    result_params,
+    row_metrics,
+    update_metrics,
+)
+from trpo_pipeline.tracking.run import (
+    FLUSH_EVERY,
+    MAX_BATCH,
+    PARAMS_PER_BATCH,
+    RUN_REF,
+    TrackedRun,
+    default_run_name,
+    read_ref,
+    recording,
+    reopen_run,
+    start_run,
+)
+from trpo_pipeline.tracking.stage_records import log_evaluation, log_training, run_for_evaluation
+from trpo_pipeline.tracking.store import (
+    TrackingUnavailableError,
+    check_store,
+    experiment_id,
+    first_line,
+    is_outage,
+    open_experiment,
+    project_root,
+    quiet_http,
+    redact,
+    resolve_tracking_uri,
+    retry_locked,
+    sqlite_path,
+    ui_command,
+    warn_unreachable,
+)
+from trpo_pipeline.tracking.store import _client as _client  # sync.py pushes with this client
+
+__all__ = [
+    "FLUSH_EVERY",
+    "MAX_BATCH",
+    "MODEL_NAME",
+    "PARAMS_PER_BATCH",
+    "PARENT_TAG",
+    "RUN_REF",
+    "TIMING_METRICS",
+    "TrackedRun",
+    "TrackingUnavailableError",
+    "check_store",
+    "config_hash",
+    "default_run_name",
+    "eval_metrics",
+    "experiment_id",
+    "finish_parent_run",
+    "first_line",
+    "flatten",
+    "flatten_config",
+    "git_state",
+    "is_outage",
+    "log_evaluation",
+    "log_policy_model",
+    "log_training",
+    "metric_histories",
+    "open_experiment",
+    "project_root",
+    "provenance_tags",
+    "quiet_http",
+    "read_ref",
+    "recording",
+    "redact",
+    "reopen_run",
+    "resolve_tracking_uri",
+    "result_params",
+    "retry_locked",
+    "row_metrics",
+    "run_for_evaluation",
+    "sqlite_path",
+    "start_parent_run",
+    "start_run",
+    "ui_command",
+    "update_metrics",
+    "upload_artifact",
+    "warn_unreachable",
+]

@@ -1,0 +1,62 @@
+"""Files a run uploads: text files with passwords masked, the policy as a pyfunc model."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trpo_pipeline.credentials import mask
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+MODEL_NAME = "policy"
+# Text files uploaded as artifacts are masked first (params.yaml, dvc.lock may hold a URI).
+_TEXT_ARTIFACTS = frozenset({".yaml", ".yml", ".json", ".lock", ".md", ".txt", ".csv", ".html"})
+
+
+def upload_artifact(
+    client: MlflowClient, run_id: str | None, path: Path, artifact_path: str | None
+) -> None:
+    """Upload one file; a text file that quotes a password (params.yaml, dvc.lock: a tracking
+    URI with credentials) is uploaded as a masked copy of the same name."""
+    path = Path(path)
+    if path.suffix in _TEXT_ARTIFACTS and path.stat().st_size < 50_000_000:
+        text = path.read_text(errors="surrogateescape")
+        masked = mask(text)
+        if masked != text:
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / path.name
+                copy.write_text(masked, errors="surrogateescape")
+                client.log_artifact(run_id, str(copy), artifact_path)
+            return
+    client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_policy_model(uri: str, run_id: str | None, checkpoint: Path, env_id: str) -> str:
+    """Log the checkpoint's policy as the pyfunc model ``policy`` of run ``run_id``."""
+    import gymnasium
+    import mlflow
+    import numpy
+    import torch
+
+    import trpo_pipeline
+
+    package = Path(trpo_pipeline.__file__).parent
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(package / "policy_model.py"),  # models from code: no pickle
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(package)],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"gymnasium=={gymnasium.__version__}",
+                f"numpy=={numpy.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+            metadata={"env_id": env_id, "deterministic": True},
+        )
+    return info.model_uri
