@@ -268,7 +268,7 @@ def test_a_briefly_locked_sqlite_store_is_retried(tmp_path: Path, monkeypatch) -
     batch is retried with backoff, and lands once."""
     uri = new_store(tmp_path / "store")
     run = tracking.TrackedRun(uri)
-    mlflow = tracking._client(uri)
+    mlflow = tracking.mlflow_client(uri)
     exp = tracking.experiment_id(mlflow, uri, "locked")
     run.run_id = mlflow.create_run(exp).info.run_id
 

@@ -126,7 +126,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Where and how runs are recorded in MLflow (tracking.py)."""
+    """Where and how runs are recorded in MLflow (tracking/)."""
 
     enabled: bool = True  # false: nothing is sent to MLflow
     uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<repo root>/mlflow.db

@@ -1,7 +1,7 @@
 """The trained policy as an MLflow pyfunc model: observations in, deterministic actions out.
 
 MLflow loads this file as the model's code ("models from code": nothing is pickled) with the
-checkpoint as its one artifact; tracking.py logs it. Usage::
+checkpoint as its one artifact; tracking/ logs it. Usage::
 
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/policy")
     actions = model.predict(observations)  # (n, obs_dim) array or DataFrame -> (n, ...) actions

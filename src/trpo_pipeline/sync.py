@@ -2,7 +2,7 @@
 
 When the tracking store cannot be reached at the start of a run, or goes away during it,
 training goes on: the run folder already holds the local record (learning_curve.csv,
-train_metrics.json, the checkpoint, eval_metrics.json) and tracking.py writes beside it a small
+train_metrics.json, the checkpoint, eval_metrics.json) and tracking/ writes beside it a small
 :data:`PENDING` file naming what MLflow is still missing: the run (its id, or what is needed to
 create it: experiment, name, tags, params), metrics that live in no file, the files to upload
 as artifacts, the policy model and the run's final status.
@@ -90,7 +90,7 @@ class Pending:
         data["reason"] = mask(self.reason)
         atomic_write(self.path, json.dumps(data, indent=2) + "\n")
 
-    # what tracking.py records while MLflow is unreachable
+    # what tracking/ records while MLflow is unreachable
 
     def _relative(self, path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), self.folder.resolve())
@@ -234,7 +234,7 @@ def _push(pending: Pending, uri: str) -> Pushed:
 
     from trpo_pipeline import tracking
 
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     created = False
     if pending.run_id is None:
         if not pending.experiment:

@@ -51,6 +51,7 @@ from trpo_pipeline.tracking.store import (
     experiment_id,
     first_line,
     is_outage,
+    mlflow_client,
     open_experiment,
     project_root,
     quiet_http,
@@ -61,7 +62,6 @@ from trpo_pipeline.tracking.store import (
     ui_command,
     warn_unreachable,
 )
-from trpo_pipeline.tracking.store import _client as _client  # sync.py pushes with this client
 
 __all__ = [
     "FLUSH_EVERY",
@@ -88,6 +88,7 @@ __all__ = [
     "log_policy_model",
     "log_training",
     "metric_histories",
+    "mlflow_client",
     "open_experiment",
     "project_root",
     "provenance_tags",

@@ -9,8 +9,8 @@ from trpo_pipeline.config import ConfigError, TrackingConfig
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.tracking.records import provenance_tags
 from trpo_pipeline.tracking.store import (
-    _client,
     is_outage,
+    mlflow_client,
     open_experiment,
     quiet_http,
     resolve_tracking_uri,
@@ -48,7 +48,7 @@ def start_parent_run(
 
 
 def child_runs(uri: str, parent_run_id: str) -> list[Any]:
-    client = _client(uri)
+    client = mlflow_client(uri)
     parent = client.get_run(parent_run_id)
     return client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
@@ -62,7 +62,7 @@ def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = F
     try:
         with quiet_http():
             children = child_runs(uri, run_id)
-            client = _client(uri)
+            client = mlflow_client(uri)
             if not children and not failed:
                 client.delete_run(run_id)
                 return

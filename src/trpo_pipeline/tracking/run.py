@@ -24,9 +24,9 @@ from trpo_pipeline.tracking.artifacts import log_policy_model, upload_artifact
 from trpo_pipeline.tracking.parents import PARENT_TAG
 from trpo_pipeline.tracking.records import flatten_config, provenance_tags, update_metrics
 from trpo_pipeline.tracking.store import (
-    _client,
     first_line,
     is_outage,
+    mlflow_client,
     open_experiment,
     quiet_http,
     redact,
@@ -79,7 +79,7 @@ class TrackedRun:
 
     @property
     def client(self) -> MlflowClient:
-        return _client(self.uri)
+        return mlflow_client(self.uri)
 
     # MLflow, or the marker
 
@@ -309,7 +309,7 @@ def reopen_run(cfg: Config, ref: Path, *, folder: Path | None = None) -> Tracked
     tracked = TrackedRun(uri, run_id, folder=folder)
     try:
         with quiet_http():
-            client = _client(uri)
+            client = mlflow_client(uri)
             run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
     except Exception as err:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from trpo_pipeline.config import Config
 from trpo_pipeline.tracking.records import eval_metrics, flatten_config, row_metrics
 from trpo_pipeline.tracking.run import TrackedRun, read_ref, reopen_run, start_run
-from trpo_pipeline.tracking.store import _client, quiet_http, resolve_tracking_uri
+from trpo_pipeline.tracking.store import mlflow_client, quiet_http, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from trpo_pipeline.evaluate import EvalResult
@@ -86,7 +86,7 @@ def run_for_evaluation(
     if previous:
         try:
             with quiet_http():
-                data = _client(uri).get_run(previous).data
+                data = mlflow_client(uri).get_run(previous).data
         except Exception:  # recorded in another store, or unreachable: start afresh
             data = None
         if data is not None and is_fresh(data, cfg):

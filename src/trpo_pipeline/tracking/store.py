@@ -234,7 +234,7 @@ def quiet_http() -> Iterator[None]:
 
 
 @functools.cache
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     """One client per store and process; the first one creates (and migrates) a SQLite store,
     under the store's lock. Calls are retried while SQLite is locked; HTTP gives up in seconds."""
     from mlflow import MlflowClient
@@ -311,7 +311,7 @@ def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
 
     try:
         with quiet_http():
-            client = _client(uri)
+            client = mlflow_client(uri)
             return client, experiment_id(client, uri, name)
     except Exception as err:  # MlflowException, and SQLAlchemy's and the OS's own errors
         if is_outage(err):

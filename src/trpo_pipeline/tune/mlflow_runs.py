@@ -40,7 +40,7 @@ class NoTracker:
 
 
 class MlflowTracker(NoTracker):
-    """Nested MLflow runs (tracking.py): one parent per study, shared by all its workers and
+    """Nested MLflow runs (tracking/): one parent per study, shared by all its workers and
     found again by its tags when the study resumes; a child run per trial with the trial's
     config as params, training metrics, ``tune/intermediate_return`` (step = env steps),
     ``tune/objective`` and the tag ``trial_state`` (complete / pruned / failed).
