@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.files import publish, temporary_path
 
 FORMAT_VERSION = 1
@@ -116,7 +117,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        first = first_line(err, fallback="unpickling failed")
         raise CheckpointError(
             f"{path}: refused to load (not a plain-data checkpoint: {first})"
         ) from None

@@ -23,6 +23,7 @@ from trpo_pipeline.config import (
     load_config,
 )
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import first_line
 
 CONFIG_NAME = "config"
 # Hydra flags that take a value (the value is not an override).
@@ -99,16 +100,11 @@ def compose(overrides: Sequence[str], conf_dir: Path | None = None) -> Any:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             return hydra_compose(CONFIG_NAME, overrides=list(overrides))
     except OverrideParseException as err:
-        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
+        raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
     except (HydraException, OmegaConfBaseException) as err:
         raise _composition_error(err) from None
     except ValueError as err:  # an integer of thousands of digits
-        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
 
 
 def _composition_error(err: BaseException) -> ConfigError:
@@ -137,7 +133,7 @@ def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
     except (HydraException, ValueError) as err:
-        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
+        raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
     return jobs
 
 
@@ -166,11 +162,11 @@ def planned_output_dir(argv: Sequence[str], conf_dir: Path) -> Path | None:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = hydra_compose(CONFIG_NAME, job + hydra_overrides(argv), return_hydra_config=True)
     except OverrideParseException as err:
-        raise ConfigError("", f"cannot parse override: {_first_line(err)}") from None
+        raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         text = " ".join(str(err).split("Config search path")[0].split())
         if err.__cause__ is not None and str(err.__cause__).strip():
-            text += f" ({_first_line(err.__cause__)})"
+            text += f" ({first_line(err.__cause__)})"
         raise ConfigError("", text) from None
     try:
         folder = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trpo_pipeline.credentials import MASK, mask
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.files import atomic_write
 
 if TYPE_CHECKING:
@@ -221,8 +222,6 @@ def sync_folder(
         except SyncError:
             raise
         except Exception as err:
-            from trpo_pipeline.tracking import first_line
-
             raise SyncError(f"MLflow at {mask(uri)}: {first_line(err)}") from None
         _update_ref(folder, pushed.run_id, uri)
         pending.path.unlink()

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.report.links import redact
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def _mlflow_call(tracking_uri: str, what: str, call: Callable[..., T], *args: ob
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ReportError(f"{what} not found in {redact(tracking_uri)}") from None
-        first = str(err.message).strip().splitlines()[0] if str(err.message).strip() else ""
+        first = first_line(err, fallback="")
         raise ReportError(f"{what}: MLflow error from {redact(tracking_uri)}: {first}") from None
 
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.tracking.artifacts import log_policy_model, upload_artifact
 from trpo_pipeline.tracking.parents import PARENT_TAG
 from trpo_pipeline.tracking.records import flatten_config, provenance_tags, update_metrics
 from trpo_pipeline.tracking.store import (
-    first_line,
     is_outage,
     mlflow_client,
     open_experiment,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from trpo_pipeline.config import ConfigError, TrackingConfig
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import first_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -145,12 +146,6 @@ def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {redact(uri)} in a browser"
     return f"{mlflow_bin} ui --backend-store-uri {redact(uri)} --host 127.0.0.1"
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error message, masked: what a one-line message may quote."""
-    text = str(getattr(err, "message", None) or err).strip()
-    return mask(text.splitlines()[0] if text else type(err).__name__)
 
 
 def is_locked(err: BaseException) -> bool:

@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 
 from trpo_pipeline.checkpoint import rng_state, set_rng_state
 from trpo_pipeline.config import Config, ConfigError, EvaluateConfig
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.evaluate import evaluate
 from trpo_pipeline.train import CHECKPOINT, UpdateRecord, train
 from trpo_pipeline.tune.mlflow_runs import NoTracker
 from trpo_pipeline.tune.space import dimensions, suggest
-from trpo_pipeline.tune.text import first_line
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what tune.n_trials counts
 # UpdateStats fields that are finite in any healthy update; NaN or inf there means divergence.

@@ -10,9 +10,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from trpo_pipeline.errors import first_line
 from trpo_pipeline.files import atomic_write
 from trpo_pipeline.tune.summary import StudySummary, format_summary
-from trpo_pipeline.tune.text import first_line, format_value
+from trpo_pipeline.tune.text import format_value
 
 
 def write_report(study: optuna.Study, summary: StudySummary, out_dir: Path) -> Path:

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, ConfigError, SamplerConfig, StorageConfig
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import first_line
 
 DEFAULT_DB = "optuna.db"  # at the repo root (tracking.project_root), like MLflow's store
 SAMPLERS = ("tpe", "random", "qmc", "gp", "cmaes")
@@ -84,9 +85,8 @@ def open_storage(
                 time.sleep(1.0 + attempt)
         raise AssertionError("unreachable")
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            "tune.storage.url", f"cannot open {storage_label(url)}: {first}"
+            "tune.storage.url", f"cannot open {storage_label(url)}: {first_line(err)}"
         ) from None
 
 

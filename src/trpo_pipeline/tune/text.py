@@ -13,12 +13,6 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def first_line(err: BaseException) -> str:
-    """The error's first line (or its type when it has no message): a reason that fits a line."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def format_value(value: Any) -> str:
     """A sampled value as progress lines and reports show it: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
