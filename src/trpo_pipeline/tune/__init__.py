@@ -12,7 +12,7 @@ trial's config. Who owns what:
 - summary: the counts, best trial and pruning savings of a study;
 - tuned_config: the best trial written as a Hydra experiment;
 - report: the study report (report.md and figures);
-- text: progress lines, values and errors shortened for them.
+- text: progress lines and how they show sampled values.
 """
 
 from trpo_pipeline.tune.report import write_report

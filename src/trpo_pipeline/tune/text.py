@@ -1,4 +1,4 @@
-"""What a person reads: progress lines, and values and errors cut to one short line."""
+"""What a person reads: progress lines, and sampled values as they show them."""
 
 from __future__ import annotations
 
