@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 # MLflow (mlflow.db). Its stages call `python`, so the venv goes first on PATH.
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	@$(BIN)/python -m trpo_pipeline.stages summary
+	@$(BIN)/python -m trpo_pipeline.stages.summary
 
 # Rewrite params.yaml from conf/ after changing conf/ (tests/test_pipeline_dvc.py checks it).
 params: install

@@ -51,7 +51,7 @@ def capture_policy(engine: ModuleType) -> Iterator[SimpleNamespace]:
     """The actor and observation normaliser that ``engine.train`` builds, live.
 
     train() hands callbacks an UpdateRecord only; wrapping the two constructors it calls
-    (by their names in trpo_pipeline.train) gives the benchmark the very objects training
+    (by their names in trpo_pipeline.rl.train) gives the benchmark the very objects training
     updates, so evaluating needs no checkpoint.
     """
     live = SimpleNamespace(actor=None, normalizer=None)
@@ -78,10 +78,10 @@ def run_ours(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str
     import torch
 
     from trpo_pipeline import train as engine
-    from trpo_pipeline.cli import compose
+    from trpo_pipeline.launch.app import compose
     from trpo_pipeline.config import load_config, to_dict
-    from trpo_pipeline.envs import preprocess
-    from trpo_pipeline.policies import env_action
+    from trpo_pipeline.rl.envs import preprocess
+    from trpo_pipeline.rl.policies import env_action
 
     overrides, source = ours_overrides(env, seed, budget)
     composed = compose(overrides, CONF_DIR)
@@ -101,7 +101,7 @@ def run_ours(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str
 
         def on_update(record: Any) -> None:
             if live.actor is None:
-                raise RuntimeError("trpo_pipeline.train built no actor through make_actor")
+                raise RuntimeError("trpo_pipeline.rl.train built no actor through make_actor")
             log.maybe(record.env_steps, act)
 
         clock.start()

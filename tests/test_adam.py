@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trpo_pipeline.adam import Adam
+from trpo_pipeline.rl.adam import Adam
 
 
 def _net() -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trpo_pipeline.advantages import gae, normalize
+from trpo_pipeline.rl.advantages import gae, normalize
 
 
 def column(*xs: float) -> torch.Tensor:

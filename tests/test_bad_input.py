@@ -3,7 +3,7 @@ the wrong type, unknown keys, unknown env ids, empty, huge or non-finite each en
 clear line and a non-zero exit, before anything is written.
 
 Most examples run in-process through the checks every command makes before Hydra starts
-(cli.preflight and friends); a handful of real commands then show, on a working folder with an
+(launch.app.check_command); a handful of real commands then show, on a working folder with an
 existing MLflow store, dvc.lock, params.yaml and results, that nothing at all changed.
 """
 
@@ -26,8 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline_support import new_store
-from trpo_pipeline import cli, stages, tune_cli
-from trpo_pipeline.config import MAX_MESSAGE, Config, ConfigError
+from trpo_pipeline.cli import tune as tune_cli
+from trpo_pipeline.config import Config, ConfigError
+from trpo_pipeline.launch import app
+from trpo_pipeline.rl.errors import MAX_MESSAGE
+from trpo_pipeline.rl.runtime import check_device
+from trpo_pipeline.stages.common import read_params
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -88,10 +92,12 @@ def checks(argv: list[str], tmp: Path) -> None:
     if any(a.lstrip("+~").startswith("tune.") for a in argv):
         tune_cli._check([*store, *argv], CONF)
     else:
-        configs = cli.preflight([*store, *argv], CONF)
-        for cfg in configs:
-            cli.check_runtime(cfg)
-        cli.planned_output_dir([*store, *argv], CONF)  # Hydra's own settings
+        # Every job composed and checked, the device, then Hydra's own settings.
+        app.check_command(
+            [*store, *argv],
+            CONF,
+            lambda configs, folder, command: [check_device(c.train.device) for c in configs],
+        )
 
 
 def rejected(argv: list[str], tmp: Path) -> str:
@@ -322,7 +328,7 @@ def test_any_params_yaml_is_read_or_one_line_error(data, tmp_path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)
     try:
-        stages.read_params(path)
+        read_params(path)
     except ConfigError as err:
         assert "\n" not in str(err) and 0 < len(str(err)) <= MAX_MESSAGE
 
@@ -334,18 +340,18 @@ def test_an_error_in_the_task_removes_every_empty_folder_hydra_made(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "other").mkdir(parents=True)  # there before: stays
     planned = tmp_path / "runs" / "fresh" / "seed0"
-    new = cli._folders_to_create(planned)
+    new = app._folders_to_create(planned)
     assert new == [planned, planned.parent]
-    monkeypatch.setattr(cli, "_new_folders", new)
+    monkeypatch.setattr(app, "_new_folders", new)
     planned.mkdir(parents=True)  # what Hydra does
-    cli.remove_empty_folders(planned)
+    app.remove_empty_folders(planned)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
 
     (tmp_path / "runs" / "other").rmdir()
-    monkeypatch.setattr(cli, "_new_folders", [])  # nothing planned: the run folder only
+    monkeypatch.setattr(app, "_new_folders", [])  # nothing planned: the run folder only
     planned.mkdir(parents=True)
     (planned.parent / "keep.txt").write_text("x")
-    cli.remove_empty_folders(planned)
+    app.remove_empty_folders(planned)
     assert not planned.exists() and (planned.parent / "keep.txt").exists()
 
 
@@ -438,9 +444,9 @@ BAD_COMMANDS = [
     ("trpo-tune", ["tune.n_trials=0"]),
     ("trpo-tune", ["+tune.search_space.algo.max_kll={type:float,low:0.001,high:0.1}"]),
     ("trpo-tune", ["tune.study_name=", "name=fresh"]),
-    ("python", ["-m", "trpo_pipeline.stages", "train", "--params", "bad_params.yaml"]),
-    ("python", ["-m", "trpo_pipeline.stages", "train", "--params", "broken_params.yaml"]),
-    ("python", ["-m", "trpo_pipeline.stages", "evaluate", "--params", "bad_params.yaml"]),
+    ("python", ["-m", "trpo_pipeline.stages.train", "--params", "bad_params.yaml"]),
+    ("python", ["-m", "trpo_pipeline.stages.train", "--params", "broken_params.yaml"]),
+    ("python", ["-m", "trpo_pipeline.stages.evaluate", "--params", "bad_params.yaml"]),
 ]
 
 

@@ -12,8 +12,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trpo_pipeline.adam import Adam
-from trpo_pipeline.checkpoint import (
+from trpo_pipeline.config import Config
+from trpo_pipeline.rl.adam import Adam
+from trpo_pipeline.rl.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
@@ -22,9 +23,10 @@ from trpo_pipeline.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from trpo_pipeline.config import Config, PolicyConfig, to_dict
-from trpo_pipeline.envs import ObsNormalizer
-from trpo_pipeline.policies import Critic, GaussianActor
+from trpo_pipeline.rl.config import PolicyConfig
+from trpo_pipeline.rl.normalizers import ObsNormalizer
+from trpo_pipeline.rl.policies import Critic, GaussianActor
+from trpo_pipeline.rl.schema import to_dict
 
 # Random bytes that happen to start like a pickle make torch warn about the protocol.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trpo_pipeline.cli import compose
+from trpo_pipeline.launch.compose import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = [

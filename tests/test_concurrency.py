@@ -15,7 +15,7 @@ import pytest
 
 from pipeline_support import BIN, TINY, command_env, run
 from trpo_pipeline import tracking
-from trpo_pipeline.sync import PENDING
+from trpo_pipeline.tracking.pending import PENDING
 
 ARTIFACTS = {
     "config/config.yaml",

@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from trpo_pipeline.cli import compose
-from trpo_pipeline.config import Config, ConfigError, load_config, to_dict
+from trpo_pipeline.config import Config, ConfigError
+from trpo_pipeline.launch.compose import compose, load_config
+from trpo_pipeline.rl.schema import to_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

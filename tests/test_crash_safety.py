@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from trpo_pipeline.checkpoint import load_checkpoint
+from trpo_pipeline.rl.checkpoint import load_checkpoint
 
 TRAIN = str(Path(sys.executable).parent / "trpo-train")
 OVERRIDES = [

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from trpo_pipeline.train import train
+from trpo_pipeline.rl.train import train
 
 TIMING = {"time_s", "steps_per_s"}
 

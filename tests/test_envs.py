@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trpo_pipeline.envs import RewardScaler
+from trpo_pipeline.rl.normalizers import RewardScaler
 
 
 def test_rewards_are_divided_by_the_std_of_the_discounted_return():

@@ -8,12 +8,13 @@ import gymnasium as gym
 import pytest
 import torch
 
-from trpo_pipeline.checkpoint import load_checkpoint
-from trpo_pipeline.config import EvaluateConfig, config_from_dict
-from trpo_pipeline.envs import ObsNormalizer, preprocess
-from trpo_pipeline.evaluate import evaluate, write_eval
-from trpo_pipeline.policies import make_actor
-from trpo_pipeline.train import train
+from trpo_pipeline.config import config_from_dict
+from trpo_pipeline.rl.checkpoint import load_checkpoint
+from trpo_pipeline.rl.config import EvaluateConfig
+from trpo_pipeline.rl.evaluate import evaluate, write_eval
+from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
+from trpo_pipeline.rl.policies import make_actor
+from trpo_pipeline.rl.train import train
 
 
 @pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1"])

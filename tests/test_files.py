@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trpo_pipeline.files import atomic_output, atomic_write, file_mode
+from trpo_pipeline.rl.files import atomic_output, atomic_write, file_mode
 
 
 def test_a_write_that_fails_midway_leaves_the_old_content(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_a_killed_writer_leaves_the_old_file_whole(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from trpo_pipeline.files import atomic_output\n"
+            "from trpo_pipeline.rl.files import atomic_output\n"
             "with atomic_output(sys.argv[1], 'wb') as f:\n"
             "    f.write(b'x' * 1_000_000); f.flush()\n"
             "    print('writing', flush=True); time.sleep(60)\n",

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from trpo_pipeline.cli import compose
-from trpo_pipeline.config import Config, load_config
-from trpo_pipeline.evaluate import EvalResult, evaluate
-from trpo_pipeline.train import train
+from trpo_pipeline.config import Config
+from trpo_pipeline.launch.compose import compose, load_config
+from trpo_pipeline.rl.evaluate import EvalResult, evaluate
+from trpo_pipeline.rl.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

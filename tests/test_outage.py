@@ -24,7 +24,7 @@ import pytest
 
 from pipeline_support import BIN, command_env, new_store
 from trpo_pipeline import tracking
-from trpo_pipeline.sync import PENDING
+from trpo_pipeline.tracking.pending import PENDING
 
 # About 40 updates of 128 transitions: short, but long enough to be caught in the middle.
 BUDGET = [
@@ -319,8 +319,8 @@ def test_retry_locked_gives_up_on_other_errors_at_once() -> None:
 
 def test_offline_run_keeps_what_it_could_not_send(tmp_path: Path, tiny_config) -> None:
     """In-process: a store that is unreachable from the start; train() never notices."""
-    from trpo_pipeline.sync import Pending
-    from trpo_pipeline.train import train as train_fn
+    from trpo_pipeline.rl.train import train as train_fn
+    from trpo_pipeline.tracking.pending import Pending
 
     cfg = tiny_config(tracking={"uri": f"http://127.0.0.1:{free_port()}", "log_model": True})
     run_dir = tmp_path / "run"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trpo_pipeline.adam import Adam
-from trpo_pipeline.config import PolicyConfig
-from trpo_pipeline.policies import (
+from trpo_pipeline.rl.adam import Adam
+from trpo_pipeline.rl.config import PolicyConfig
+from trpo_pipeline.rl.policies import (
     CategoricalActor,
     Critic,
     GaussianActor,

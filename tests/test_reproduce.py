@@ -10,7 +10,7 @@ import pytest
 
 from pipeline_support import BIN, REPO, TINY, command_env, new_store, run
 from trpo_pipeline import tracking
-from trpo_pipeline.reproduce import compare_metrics, diff_history
+from trpo_pipeline.cli.reproduce import compare_metrics, diff_history
 
 REPRODUCE = str(BIN / "trpo-reproduce")
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from trpo_pipeline.config import PolicyConfig
-from trpo_pipeline.envs import ObsNormalizer, make_vector_env
-from trpo_pipeline.policies import CategoricalActor, GaussianActor
-from trpo_pipeline.rollout import EnvState, collect
+from trpo_pipeline.rl.config import PolicyConfig
+from trpo_pipeline.rl.envs import make_vector_env
+from trpo_pipeline.rl.normalizers import ObsNormalizer
+from trpo_pipeline.rl.policies import CategoricalActor, GaussianActor
+from trpo_pipeline.rl.rollout import EnvState, collect
 
 SMALL = PolicyConfig(hidden_sizes=(8,))
 # CartPole-v1 ends an episode when |x| > 2.4 or |theta| > 12 degrees; resets draw U(-0.05, 0.05).

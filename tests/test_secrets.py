@@ -173,7 +173,7 @@ def test_no_password_reaches_the_store_files_reports_or_terminal(server, tmp_pat
     run([str(BIN / "trpo-params"), *TINY, f"tracking.uri={uri}"], work, env)
     (work / "dvc.lock").write_text(f"stages:\n  train:\n    params:\n      uri: {uri}\n")
     for stage in ("train", "evaluate", "report"):
-        done = run([sys.executable, "-m", "trpo_pipeline.stages", stage], work, env)
+        done = run([sys.executable, "-m", f"trpo_pipeline.stages.{stage}"], work, env)
         outputs += [done.stdout, done.stderr]
 
     # a report across the runs, and an error that quotes the URI
@@ -240,8 +240,8 @@ def test_documented_server_commands_bind_to_localhost() -> None:
 
 def test_a_pipeline_config_holds_no_password_in_its_written_files(tiny_config, tmp_path) -> None:
     """config.yaml and the checkpoint's copy of the config are masked (in-process, offline)."""
-    from trpo_pipeline.checkpoint import load_checkpoint
-    from trpo_pipeline.train import train
+    from trpo_pipeline.rl.checkpoint import load_checkpoint
+    from trpo_pipeline.rl.train import train
 
     cfg = tiny_config(
         tracking={"enabled": False, "uri": f"http://alice:{PASSWORD}@127.0.0.1:1"},

@@ -23,10 +23,10 @@ import torch
 
 from pipeline_support import BIN, TINY, command_env, new_store, run
 from trpo_pipeline import tracking
-from trpo_pipeline.checkpoint import load_checkpoint
 from trpo_pipeline.config import TrackingConfig, config_from_dict
-from trpo_pipeline.policies import make_actor
-from trpo_pipeline.stages import read_params
+from trpo_pipeline.rl.checkpoint import load_checkpoint
+from trpo_pipeline.rl.policies import make_actor
+from trpo_pipeline.stages.common import read_params
 
 CONTRACT_TAGS = (
     "git_commit",
@@ -82,7 +82,7 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = command_env({"MLFLOW_TRACKING_URI": uri})
     run([str(BIN / "trpo-params"), *TINY], work, env)
     for stage in ("train", "evaluate", "report"):
-        run([sys.executable, "-m", "trpo_pipeline.stages", stage], work, env)
+        run([sys.executable, "-m", f"trpo_pipeline.stages.{stage}"], work, env)
     run_id = tracking.read_ref(work / "outputs/eval/mlflow_run.json")["run_id"]
     return {"work": work, "uri": uri, "run_id": run_id, "cfg": read_params(work / "params.yaml")}
 
@@ -228,7 +228,7 @@ def test_update_metrics_are_sent_in_batches(tiny_config: Any, tmp_path: Path) ->
     """log_batch every FLUSH_EVERY updates and at the end, never a call per number."""
     from mlflow import MlflowClient
 
-    from trpo_pipeline.train import train
+    from trpo_pipeline.rl.train import train
 
     class CountingClient(MlflowClient):  # a real client on the real store, counting its calls
         batches = 0

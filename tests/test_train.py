@@ -10,10 +10,10 @@ import shutil
 import pytest
 import yaml
 
-from trpo_pipeline.checkpoint import CheckpointError, load_checkpoint
 from trpo_pipeline.config import ConfigError, config_from_dict
-from trpo_pipeline.train import UpdateRecord, train
-from trpo_pipeline.trpo import UpdateStats
+from trpo_pipeline.rl.checkpoint import CheckpointError, load_checkpoint
+from trpo_pipeline.rl.train import UpdateRecord, train
+from trpo_pipeline.rl.trpo import UpdateStats
 
 TIMING = {"time_s", "steps_per_s"}
 

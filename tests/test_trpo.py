@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from trpo_pipeline import trpo
-from trpo_pipeline.adam import Adam
-from trpo_pipeline.config import AlgoConfig, PolicyConfig
-from trpo_pipeline.policies import CategoricalActor, Critic, GaussianActor
+from trpo_pipeline.rl import trpo
+from trpo_pipeline.rl.adam import Adam
+from trpo_pipeline.rl.config import AlgoConfig, PolicyConfig
+from trpo_pipeline.rl.policies import CategoricalActor, Critic, GaussianActor
 
 OBS_DIM = 3
 TINY = PolicyConfig(hidden_sizes=(4,), critic_hidden_sizes=(8,))

@@ -16,11 +16,11 @@ import pytest
 from optuna.trial import TrialState
 
 from trpo_pipeline import tune
-from trpo_pipeline.cli import compose
-from trpo_pipeline.config import ConfigError, load_config
-from trpo_pipeline.evaluate import evaluate
-from trpo_pipeline.train import train
-from trpo_pipeline.tune_cli import override
+from trpo_pipeline.cli.tune import override
+from trpo_pipeline.config import ConfigError
+from trpo_pipeline.launch.compose import compose, load_config
+from trpo_pipeline.rl.evaluate import evaluate
+from trpo_pipeline.rl.train import train
 
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 BIN = Path(sys.executable).parent
@@ -275,8 +275,8 @@ def test_median_pruner_stops_blind_trials_and_the_best_trial_becomes_an_experime
 def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(
     how: str, conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trpo_pipeline import trpo
-    from trpo_pipeline.train import UpdateRecord
+    from trpo_pipeline.rl import trpo
+    from trpo_pipeline.rl.train import UpdateRecord
 
     def diverging_train(cfg: object, run_dir: Path, *, callbacks: list) -> None:
         if how == "raises":  # what torch says about NaN logits
@@ -397,8 +397,8 @@ def test_the_dvc_stage_tunes_params_yaml(conf: Path, tmp_path: Path, monkeypatch
     """tune/dvc.yaml's command: the study of params.yaml, trials being params.yaml + values."""
     import yaml
 
-    from trpo_pipeline.config import to_dict
-    from trpo_pipeline.tune_cli import stage_main
+    from trpo_pipeline.cli.tune import stage_main
+    from trpo_pipeline.rl.schema import to_dict
 
     monkeypatch.setenv("TRPO_CONF_DIR", str(conf))
     monkeypatch.chdir(tmp_path)

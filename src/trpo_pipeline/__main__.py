@@ -1,5 +1,5 @@
 """`python -m trpo_pipeline ...` is `trpo-train ...`."""
 
-from trpo_pipeline.cli import train_main
+from trpo_pipeline.cli.train import main
 
-train_main()
+main()

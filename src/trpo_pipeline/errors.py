@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 from trpo_pipeline.credentials import mask
+
+USAGE_ERROR = 2  # exit status of a command stopped by bad input (argparse's and Hydra's too)
 
 
 def first_line(err: BaseException, fallback: str | None = None) -> str:
@@ -12,3 +17,10 @@ def first_line(err: BaseException, fallback: str | None = None) -> str:
     if not text:
         return type(err).__name__ if fallback is None else fallback
     return mask(text.splitlines()[0])
+
+
+def fail(prog: str, message: str, status: int = USAGE_ERROR) -> NoReturn:
+    """End a command: ``<prog>: error: <message>`` as one masked line on stderr, then exit."""
+    line = " ".join(mask(message).split("\n"))
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    raise SystemExit(status)

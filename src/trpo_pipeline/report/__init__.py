@@ -19,12 +19,12 @@ Submodules, in the order data flows through them:
 - ``stats``: the t-interval over seeds, seed bands along a curve, rolling means.
 - ``figures``: the matplotlib figures.
 - ``tables``: the tables, as cells of text.
-- ``links``: the store's address without its password, run links into the MLflow UI.
+- ``links``: run links into the MLflow UI and the command that serves it.
 - ``render``: HTML and Markdown for a list of sections.
 - ``page``: the report's sections and :func:`write_report`.
 """
 
-from trpo_pipeline.report.links import redact, run_url, ui_command
+from trpo_pipeline.report.links import run_url, ui_command
 from trpo_pipeline.report.page import FIGURES, REPORT_MD, write_report
 from trpo_pipeline.report.runs import Curve, ReportError, load_runs, select_runs
 from trpo_pipeline.report.stats import mean_ci, seed_band, t_quantile_975
@@ -36,7 +36,6 @@ __all__ = [
     "ReportError",
     "load_runs",
     "mean_ci",
-    "redact",
     "run_url",
     "seed_band",
     "select_runs",

@@ -7,15 +7,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trpo_pipeline.credentials import mask
 
-if TYPE_CHECKING:  # runs imports redact from here
+if TYPE_CHECKING:
     from trpo_pipeline.report.runs import RunData
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a password: reports are shared and logged as artifacts."""
-    return mask(uri)
 
 
 def run_url(tracking_uri: str, run: RunData) -> str:
@@ -34,4 +29,4 @@ def ui_command(tracking_uri: str) -> str | None:
     """The command that serves the UI the run links point into; None for an http(s) server."""
     if urlsplit(tracking_uri).scheme in ("http", "https"):
         return None
-    return f"mlflow ui --backend-store-uri {redact(tracking_uri)} --host 127.0.0.1"
+    return f"mlflow ui --backend-store-uri {mask(tracking_uri)} --host 127.0.0.1"

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trpo_pipeline.files import atomic_write
+from trpo_pipeline.credentials import mask
 from trpo_pipeline.report.figures import (
     ACCEPTANCE_WINDOW,
     BAND_NOTE,
@@ -20,7 +20,7 @@ from trpo_pipeline.report.figures import (
     trust_region_figure,
 )
 from trpo_pipeline.report.groups import ConfigGroup, group_runs, varying_run_specific
-from trpo_pipeline.report.links import LOCAL_UI, redact, ui_command
+from trpo_pipeline.report.links import LOCAL_UI, ui_command
 from trpo_pipeline.report.render import Section, html_page, markdown
 from trpo_pipeline.report.runs import ReportError, load_runs
 from trpo_pipeline.report.tables import (
@@ -32,6 +32,7 @@ from trpo_pipeline.report.tables import (
     shared_tags,
     short_tag,
 )
+from trpo_pipeline.rl.files import atomic_write
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -125,7 +126,7 @@ def build_sections(
                 f"Run links point into the local MLflow UI ({LOCAL_UI}); start it on this "
                 "store with:"
                 if command
-                else f"Run links point into the MLflow server at {redact(tracking_uri)}."
+                else f"Run links point into the MLflow server at {mask(tracking_uri)}."
             ),
             tables=[("", provenance_table(groups, tracking_uri))],
             code=command,
@@ -163,7 +164,7 @@ def write_report(tracking_uri: str, run_ids: list[str], out_dir: Path) -> Path:
         f"{len(runs)} run{'s' * (len(runs) != 1)} in {len(groups)} configuration"
         f"{'s' * (len(groups) != 1)} · generated "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"MLflow tracking store: {redact(tracking_uri)}",
+        f"MLflow tracking store: {mask(tracking_uri)}",
     ]
     sections = build_sections(groups, tracking_uri, pngs)
 

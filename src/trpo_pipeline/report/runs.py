@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
-from trpo_pipeline.report.links import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -96,7 +96,7 @@ def _check_store(tracking_uri: str) -> None:
             socket.create_connection((parts.hostname or "localhost", port), timeout=5).close()
         except OSError as err:
             raise ReportError(
-                f"cannot reach the MLflow server at {redact(tracking_uri)}: {err}"
+                f"cannot reach the MLflow server at {mask(tracking_uri)}: {err}"
             ) from None
     elif parts.scheme in ("", "file"):
         path = unquote(parts.path) if parts.scheme == "file" else tracking_uri
@@ -112,9 +112,9 @@ def _mlflow_call(tracking_uri: str, what: str, call: Callable[..., T], *args: ob
         return call(*args)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ReportError(f"{what} not found in {redact(tracking_uri)}") from None
+            raise ReportError(f"{what} not found in {mask(tracking_uri)}") from None
         first = first_line(err, fallback="")
-        raise ReportError(f"{what}: MLflow error from {redact(tracking_uri)}: {first}") from None
+        raise ReportError(f"{what}: MLflow error from {mask(tracking_uri)}: {first}") from None
 
 
 def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
@@ -168,7 +168,7 @@ def select_runs(
         raise ReportError("say which runs to report on: an experiment name, tags or run ids")
     client = _client(tracking_uri)
     tags = dict(tags or {})
-    uri = redact(tracking_uri)
+    uri = mask(tracking_uri)
 
     experiment_ids: list[str] | None = None
     if experiment:

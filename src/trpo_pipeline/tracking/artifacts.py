@@ -41,14 +41,14 @@ def log_policy_model(uri: str, run_id: str | None, checkpoint: Path, env_id: str
     import numpy
     import torch
 
-    import trpo_pipeline
-
-    package = Path(trpo_pipeline.__file__).parent
+    package = Path(__file__).resolve().parents[1]  # trpo_pipeline/, shipped with the model
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=str(package / "policy_model.py"),  # models from code: no pickle
+            python_model=str(
+                package / "tracking" / "policy_model.py"
+            ),  # models from code: no pickle
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(package)],
             pip_requirements=[

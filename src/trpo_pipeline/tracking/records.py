@@ -16,12 +16,13 @@ import subprocess
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from trpo_pipeline.config import Config, to_dict
+from trpo_pipeline.config import Config
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.rl.schema import to_dict
 
 if TYPE_CHECKING:
-    from trpo_pipeline.evaluate import EvalResult
-    from trpo_pipeline.train import UpdateRecord
+    from trpo_pipeline.rl.evaluate import EvalResult
+    from trpo_pipeline.rl.train import UpdateRecord
 
 # Wall-clock measurements: the only metrics a re-run cannot reproduce exactly.
 TIMING_METRICS = frozenset({"train/time_s", "train/steps_per_s"})
@@ -121,7 +122,7 @@ def row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     """``train/<column>`` for every numeric column of a learning-curve row (a row from
     :meth:`UpdateRecord.row` or read back from the CSV), plus ``train/surrogate_improvement``.
 
-    Booleans become 0/1; undefined values (nan before the first episode ends) are left out.
+    Booleans count as 0/1; undefined values (nan before the first episode ends) are left out.
     """
     values: dict[str, float] = {}
     for key, value in row.items():
@@ -143,8 +144,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        if value in ("True", "False"):
-            return float(value == "True")
         try:
             return float(value)
         except ValueError:

@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.rl.files import atomic_write
+from trpo_pipeline.rl.run_files import LEARNING_CURVE
 from trpo_pipeline.tracking.artifacts import log_policy_model, upload_artifact
 from trpo_pipeline.tracking.parents import PARENT_TAG
+from trpo_pipeline.tracking.pending import PENDING, Pending
 from trpo_pipeline.tracking.records import flatten_config, provenance_tags, update_metrics
 from trpo_pipeline.tracking.store import (
     is_outage,
     mlflow_client,
     open_experiment,
     quiet_http,
-    redact,
     resolve_tracking_uri,
     warn_unreachable,
 )
@@ -38,8 +40,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from trpo_pipeline.sync import Pending
-    from trpo_pipeline.train import UpdateRecord
+    from trpo_pipeline.rl.train import UpdateRecord
 
 T = TypeVar("T")
 
@@ -103,15 +104,13 @@ class TrackedRun:
         if self.folder is None:
             return None
         if self._marker is None:
-            from trpo_pipeline.sync import Pending
-
             existing = Pending.load(self.folder)
             if existing is not None and existing.run_id == self.run_id and self.run_id:
                 self._marker = existing  # another stage of the same run noted things already
             else:
                 self._marker = Pending(folder=self.folder, **self._creation)
             self._marker.run_id = self.run_id
-            self._marker.tracking_uri = redact(self.uri)
+            self._marker.tracking_uri = mask(self.uri)
         return self._marker
 
     def go_offline(self, err: BaseException) -> None:
@@ -141,8 +140,6 @@ class TrackedRun:
         if not self.enabled:
             return
         if self.folder is not None:
-            from trpo_pipeline.train import LEARNING_CURVE
-
             self._curve = self.folder / LEARNING_CURVE
         self.queue_metrics(update_metrics(record), step=record.env_steps)
         if record.update % FLUSH_EVERY == 0 or self.offline:
@@ -211,16 +208,12 @@ class TrackedRun:
 
     def write_ref(self, path: Path) -> None:
         """Record which run this is, for the next pipeline stage (or a person)."""
-        from trpo_pipeline.files import atomic_write
-
         ref: dict[str, Any] = {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
-            "tracking_uri": redact(self.uri) if self.enabled else None,
+            "tracking_uri": mask(self.uri) if self.enabled else None,
         }
         if self.offline:
-            from trpo_pipeline.sync import PENDING
-
             ref["pending_sync"] = PENDING
         atomic_write(path, json.dumps(ref, indent=2) + "\n")
 

@@ -8,20 +8,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trpo_pipeline.config import Config
+from trpo_pipeline.rl.run_files import CHECKPOINT, CONFIG, LEARNING_CURVE, TRAIN_METRICS
 from trpo_pipeline.tracking.records import eval_metrics, flatten_config, row_metrics
 from trpo_pipeline.tracking.run import TrackedRun, read_ref, reopen_run, start_run
 from trpo_pipeline.tracking.store import mlflow_client, quiet_http, resolve_tracking_uri
 
 if TYPE_CHECKING:
-    from trpo_pipeline.evaluate import EvalResult
+    from trpo_pipeline.rl.evaluate import EvalResult
 
 
 def log_training(
     run: TrackedRun, cfg: Config, run_dir: Path, *, params_file: Path | None = None
 ) -> None:
     """Artifacts of a finished training run: config, checkpoint, curve, metrics, the model."""
-    from trpo_pipeline.train import CHECKPOINT, CONFIG, LEARNING_CURVE, TRAIN_METRICS
-
     if not run.enabled:
         return
     run.flush()
@@ -77,8 +76,6 @@ def run_for_evaluation(
     this execution's params, the training metrics (from the learning curve) and artifacts,
     tagged ``train_run_id`` with the run that trained the checkpoint.
     """
-    from trpo_pipeline.train import LEARNING_CURVE
-
     uri = resolve_tracking_uri(cfg.tracking)
     if not cfg.tracking.enabled:
         return TrackedRun(uri)

@@ -98,7 +98,7 @@ def check_store(cfg: TrackingConfig) -> None:
         return
 
     def bad(problem: str) -> ConfigError:
-        return ConfigError("tracking.uri", f"cannot use the MLflow store {redact(uri)}: {problem}")
+        return ConfigError("tracking.uri", f"cannot use the MLflow store {mask(uri)}: {problem}")
 
     try:
         _check_sqlite_file(db, bad)
@@ -136,16 +136,11 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path("/" + path.lstrip("/"))
 
 
-def redact(uri: str) -> str:
-    """The URI without a password, for logs and reference files."""
-    return mask(uri)
-
-
 def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
     """The one command that opens the MLflow UI on this store (on this machine only)."""
     if uri.startswith(("http://", "https://")):
-        return f"open {redact(uri)} in a browser"
-    return f"{mlflow_bin} ui --backend-store-uri {redact(uri)} --host 127.0.0.1"
+        return f"open {mask(uri)} in a browser"
+    return f"{mlflow_bin} ui --backend-store-uri {mask(uri)} --host 127.0.0.1"
 
 
 def is_locked(err: BaseException) -> bool:
@@ -237,7 +232,7 @@ def mlflow_client(uri: str) -> MlflowClient:
     if uri.startswith(("http://", "https://")):
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        if redact(uri) != uri:  # never print the password, whatever the user asked for
+        if mask(uri) != uri:  # never print the password, whatever the user asked for
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         import logging
 
@@ -312,7 +307,7 @@ def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
         if is_outage(err):
             raise TrackingUnavailableError(first_line(err)) from None
         raise ConfigError(
-            "tracking.uri", f"cannot use the MLflow store {redact(uri)}: {first_line(err)}"
+            "tracking.uri", f"cannot use the MLflow store {mask(uri)}: {first_line(err)}"
         ) from None
 
 
@@ -323,6 +318,4 @@ def warn_unreachable(uri: str, err: BaseException | str, consequence: str) -> No
     reason = err if isinstance(err, str) else first_line(err)
     if len(reason) > 200:
         reason = reason[:197] + "..."
-    tqdm.write(
-        f"warning: MLflow at {redact(uri)} failed ({reason}); {consequence}", file=sys.stderr
-    )
+    tqdm.write(f"warning: MLflow at {mask(uri)} failed ({reason}); {consequence}", file=sys.stderr)

@@ -17,7 +17,7 @@ trial's config. Who owns what:
 
 from trpo_pipeline.tune.report import write_report
 from trpo_pipeline.tune.space import dimensions, suggest, with_values
-from trpo_pipeline.tune.storage import storage_label, storage_url
+from trpo_pipeline.tune.storage import storage_url
 from trpo_pipeline.tune.study import run_study
 from trpo_pipeline.tune.summary import StudySummary, format_summary, summarize
 from trpo_pipeline.tune.tuned_config import check_tuned_config
@@ -29,7 +29,6 @@ __all__ = [
     "dimensions",
     "format_summary",
     "run_study",
-    "storage_label",
     "storage_url",
     "suggest",
     "summarize",

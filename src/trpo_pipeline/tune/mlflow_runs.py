@@ -10,8 +10,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from trpo_pipeline import tracking
-from trpo_pipeline.config import Config, to_dict
-from trpo_pipeline.train import UpdateRecord
+from trpo_pipeline.config import Config
+from trpo_pipeline.rl.schema import to_dict
+from trpo_pipeline.rl.train import UpdateRecord
 from trpo_pipeline.tune.summary import StudySummary
 
 

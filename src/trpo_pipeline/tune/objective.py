@@ -18,11 +18,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from trpo_pipeline.checkpoint import rng_state, set_rng_state
-from trpo_pipeline.config import Config, ConfigError, EvaluateConfig
+from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import first_line
-from trpo_pipeline.evaluate import evaluate
-from trpo_pipeline.train import CHECKPOINT, UpdateRecord, train
+from trpo_pipeline.rl.checkpoint import rng_state, set_rng_state
+from trpo_pipeline.rl.config import EvaluateConfig
+from trpo_pipeline.rl.evaluate import evaluate
+from trpo_pipeline.rl.run_files import CHECKPOINT
+from trpo_pipeline.rl.train import UpdateRecord, train
 from trpo_pipeline.tune.mlflow_runs import NoTracker
 from trpo_pipeline.tune.space import dimensions, suggest
 

@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from trpo_pipeline.errors import first_line
-from trpo_pipeline.files import atomic_write
+from trpo_pipeline.rl.files import atomic_write
 from trpo_pipeline.tune.summary import StudySummary, format_summary
 from trpo_pipeline.tune.text import format_value
 

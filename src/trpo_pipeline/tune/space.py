@@ -8,7 +8,8 @@ from typing import Any
 
 import optuna
 
-from trpo_pipeline.config import Config, SearchParam, TuneConfig, config_from_dict, to_dict
+from trpo_pipeline.config import Config, SearchParam, TuneConfig, config_from_dict
+from trpo_pipeline.rl.schema import to_dict
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,17 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, ConfigError, SamplerConfig, StorageConfig
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.tracking.store import project_root
 
 DEFAULT_DB = "optuna.db"  # at the repo root (tracking.project_root), like MLflow's store
-SAMPLERS = ("tpe", "random", "qmc", "gp", "cmaes")
-PRUNERS = ("median", "hyperband", "none")
 
 
 def storage_url(cfg: StorageConfig) -> str:
     """The storage URL with file paths made absolute, so every worker and folder agrees."""
-    url = cfg.url or f"sqlite:///{tracking.project_root() / DEFAULT_DB}"
+    url = cfg.url or f"sqlite:///{project_root() / DEFAULT_DB}"
     if url.startswith("journal:"):
         return f"journal:{Path(url.removeprefix('journal:')).expanduser().resolve()}"
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -42,11 +40,6 @@ def _installed(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-def storage_label(url: str) -> str:
-    """The URL without its password: what logs, tags and reports show."""
-    return mask(url)
 
 
 def open_storage(
@@ -86,7 +79,7 @@ def open_storage(
         raise AssertionError("unreachable")
     except Exception as err:
         raise ConfigError(
-            "tune.storage.url", f"cannot open {storage_label(url)}: {first_line(err)}"
+            "tune.storage.url", f"cannot open {mask(url)}: {first_line(err)}"
         ) from None
 
 

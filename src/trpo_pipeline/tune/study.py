@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trpo_pipeline.config import Config
+from trpo_pipeline.credentials import mask
 from trpo_pipeline.tune.mlflow_runs import NoTracker, make_tracker
 from trpo_pipeline.tune.objective import FINISHED, CapReachedError, ComposeTrial, Objective
 from trpo_pipeline.tune.report import write_report
@@ -23,7 +24,6 @@ from trpo_pipeline.tune.storage import (
     heartbeat_enabled,
     open_storage,
     open_study,
-    storage_label,
     storage_url,
 )
 from trpo_pipeline.tune.summary import StudySummary, summarize
@@ -119,7 +119,7 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stale = _StaleTrials(t.storage.max_retry)
     storage = open_storage(t.storage, on_stale=stale)
-    label = storage_label(storage_url(t.storage))
+    label = mask(storage_url(t.storage))
     study = open_study(cfg, storage)
     tracker = make_tracker(cfg, study, label)
     stale.tracker, stale.echo = tracker, echo

@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trpo_pipeline.config import Config
-from trpo_pipeline.tune.storage import storage_label, storage_url
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.tune.storage import storage_url
 from trpo_pipeline.tune.text import format_value
 
 
@@ -63,7 +64,7 @@ def summarize(study: optuna.Study, cfg: Config, wall_time_s: float) -> StudySumm
     best = max(complete, key=lambda t: t.value) if complete else None
     return StudySummary(
         study_name=study.study_name,
-        storage=storage_label(storage_url(cfg.tune.storage)),
+        storage=mask(storage_url(cfg.tune.storage)),
         n_complete=len(complete),
         n_pruned=len(pruned),
         n_failed=len(of(TrialState.FAIL)),

@@ -10,8 +10,9 @@ from typing import Any
 import yaml
 from optuna.trial import FrozenTrial
 
-from trpo_pipeline.config import Config, ConfigError, to_dict
-from trpo_pipeline.files import atomic_write
+from trpo_pipeline.config import Config, ConfigError
+from trpo_pipeline.rl.files import atomic_write
+from trpo_pipeline.rl.schema import to_dict
 
 _MARK = "# Written by trpo-tune from study "
 _NOT_PART_OF_AN_EXPERIMENT = ("tune", "tracking", "resume", "overwrite")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from trpo_pipeline.config import PolicyConfig
+from trpo_pipeline.rl.config import PolicyConfig
 
 # Argument validation costs more than the forward pass of a small MLP; shapes are fixed here.
 torch.distributions.Distribution.set_default_validate_args(False)

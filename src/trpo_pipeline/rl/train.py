@@ -17,34 +17,31 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from trpo_pipeline import advantages, trpo
-from trpo_pipeline.adam import Adam
-from trpo_pipeline.checkpoint import (
+from trpo_pipeline.rl import advantages, trpo
+from trpo_pipeline.rl.adam import Adam
+from trpo_pipeline.rl.checkpoint import (
     Checkpoint,
-    CheckpointError,
+    check_resumable,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from trpo_pipeline.config import Config, ConfigError, to_dict
-from trpo_pipeline.credentials import mask_tree
-from trpo_pipeline.envs import (
-    ObsNormalizer,
-    RewardScaler,
-    make_vector_env,
-    seed_everything,
-    space_dims,
+from trpo_pipeline.rl.config import RunConfig, engine_dict
+from trpo_pipeline.rl.envs import make_vector_env, seed_everything, space_dims
+from trpo_pipeline.rl.files import atomic_output, atomic_write
+from trpo_pipeline.rl.normalizers import ObsNormalizer, RewardScaler
+from trpo_pipeline.rl.policies import Critic, make_actor
+from trpo_pipeline.rl.rollout import EnvState, collect
+from trpo_pipeline.rl.run_files import (
+    CHECKPOINT,
+    CONFIG,
+    LEARNING_CURVE,
+    TRAIN_METRICS,
+    check_run_dir,
 )
-from trpo_pipeline.files import atomic_output, atomic_write
-from trpo_pipeline.policies import Critic, make_actor
-from trpo_pipeline.rollout import EnvState, collect
+from trpo_pipeline.rl.runtime import resolve_device
 
-CHECKPOINT = "checkpoint.pt"
-LEARNING_CURVE = "learning_curve.csv"
-TRAIN_METRICS = "train_metrics.json"
-CONFIG = "config.yaml"
-RESULT_FILES = (CHECKPOINT, LEARNING_CURVE, TRAIN_METRICS)
 RETURN_WINDOW = 100  # episodes averaged into the reported training return
 
 
@@ -61,9 +58,11 @@ class UpdateRecord:
     steps_per_s: float  # env steps per second over this update, collection and learning
     stats: trpo.UpdateStats
 
-    def row(self) -> dict[str, float | int | bool | str]:
+    def row(self) -> dict[str, float | int | str]:
+        """The learning curve's columns; booleans as 0/1, which CSV readers and plots take."""
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "stats"}
-        return flat | dataclasses.asdict(self.stats)
+        row = flat | dataclasses.asdict(self.stats)
+        return {k: int(v) if isinstance(v, bool) else v for k, v in row.items()}
 
 
 @dataclass(frozen=True)
@@ -81,63 +80,20 @@ class TrainResult:
 Callback = Callable[[UpdateRecord], None]
 
 
-def check_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Refuse to silently replace results already in ``run_dir``.
-
-    Resuming may continue the results of its own run (the checkpoint lives in ``run_dir``), not
-    replace another run's.
-    """
-    existing = [name for name in RESULT_FILES if (run_dir / name).exists()]
-    if not existing or cfg.overwrite:
-        return
-    if cfg.resume is not None and Path(cfg.resume).resolve().parent == run_dir.resolve():
-        return
-    hint = "overwrite=true" if cfg.resume is not None else "resume=<checkpoint>, overwrite=true"
-    raise ConfigError(
-        "",
-        f"{run_dir} already holds results ({', '.join(existing)}); pass {hint}, or another name=",
-    )
-
-
 def _env_seed(seed: int, updates: int) -> int:
     # A fresh stream per (seed, update count), so envs restarted at a checkpoint boundary
     # (and a run resumed there) get the same seeds.
     return int(np.random.SeedSequence([seed, updates]).generate_state(1)[0])
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def _check_resumable(ckpt: Checkpoint, cfg: Config, path: Path) -> None:
-    saved = ckpt.config
-    for group, key in (
-        ("env", "id"),
-        ("env", "normalize_obs"),
-        ("policy", "hidden_sizes"),
-        ("policy", "critic_hidden_sizes"),
-        ("policy", "activation"),
-    ):
-        have = getattr(getattr(cfg, group), key)
-        had = saved.get(group, {}).get(key)
-        if (list(have) if isinstance(have, tuple) else have) != had:
-            raise CheckpointError(
-                f"{path}: trained with {group}.{key}={had!r}, cannot resume with {have!r}"
-            )
-
-
-def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train a TRPO agent as ``cfg`` says, writing checkpoint and metrics into ``run_dir``.
 
     ``callbacks`` see every :class:`UpdateRecord` as it is made (trackers, pruners); one may
     raise to stop training, after the update's results are written.
     """
     check_run_dir(run_dir, cfg)
-    device = _resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.torch_threads)
     seed_everything(cfg.seed)
     a = cfg.algo
@@ -163,7 +119,7 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
         if cfg.resume is not None:
             path = Path(cfg.resume)
             ckpt = load_checkpoint(path)
-            _check_resumable(ckpt, cfg, path)
+            check_resumable(ckpt, cfg, path)
             actor.load_state_dict(ckpt.actor)
             critic.load_state_dict(ckpt.critic)
             critic_optimizer.load_state_dict(ckpt.critic_optimizer)
@@ -178,11 +134,10 @@ def train(cfg: Config, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> 
             recent_lengths.extend(ckpt.episodes["lengths"])
 
         # What the checkpoint records is the run, not how it was launched: a run resumed after
-        # a kill then writes the same bytes as one that was never interrupted. Passwords in
-        # tracking or storage URLs are masked in everything written.
-        run_config = mask_tree(to_dict(dataclasses.replace(cfg, resume=None, overwrite=False)))
+        # a kill then writes the same bytes as one that was never interrupted.
+        run_config = engine_dict(dataclasses.replace(cfg, resume=None, overwrite=False))
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / CONFIG, yaml.safe_dump(mask_tree(to_dict(cfg)), sort_keys=False))
+        atomic_write(run_dir / CONFIG, yaml.safe_dump(engine_dict(cfg), sort_keys=False))
         curve = _open_curve(run_dir / LEARNING_CURVE, keep_updates=updates)
 
         def checkpoint() -> None:

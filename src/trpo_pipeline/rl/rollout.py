@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from trpo_pipeline.envs import ObsNormalizer, preprocess
-from trpo_pipeline.policies import Actor, env_action
+from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
+from trpo_pipeline.rl.policies import Actor, env_action
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trpo_pipeline.errors import first_line
-from trpo_pipeline.files import publish, temporary_path
+from trpo_pipeline.rl.config import RunConfig
+from trpo_pipeline.rl.errors import CheckpointError
+from trpo_pipeline.rl.files import publish, temporary_path
 
 FORMAT_VERSION = 1
 _KEYS = (
@@ -36,10 +37,6 @@ _KEYS = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     actor: dict[str, Any]
@@ -50,7 +47,7 @@ class Checkpoint:
     episodes: dict[str, Any]  # count so far and the recent returns/lengths the progress shows
     global_step: int  # environment transitions trained on so far
     updates: int  # TRPO updates done so far
-    config: dict[str, Any]  # the run's config (config.to_dict)
+    config: dict[str, Any]  # the run's config (rl.config.engine_dict)
     reward_scaler: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
@@ -117,7 +114,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = first_line(err, fallback="unpickling failed")
+        first = (str(err).strip() or "unpickling failed").splitlines()[0]
         raise CheckpointError(
             f"{path}: refused to load (not a plain-data checkpoint: {first})"
         ) from None
@@ -137,3 +134,25 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (TypeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: the config stored in it is unreadable") from None
     return Checkpoint(**{k: data[k] for k in _KEYS} | {"config": config})
+
+
+# What a resumed run must share with the run that wrote the checkpoint: the env and the
+# networks' shapes (the state dicts would not fit otherwise).
+RESUMABLE_KEYS = (
+    ("env", "id"),
+    ("env", "normalize_obs"),
+    ("policy", "hidden_sizes"),
+    ("policy", "critic_hidden_sizes"),
+    ("policy", "activation"),
+)
+
+
+def check_resumable(ckpt: Checkpoint, cfg: RunConfig, path: Path) -> None:
+    """CheckpointError if ``cfg`` cannot continue the run saved in ``ckpt``."""
+    for group, key in RESUMABLE_KEYS:
+        have = getattr(getattr(cfg, group), key)
+        had = ckpt.config.get(group, {}).get(key)
+        if (list(have) if isinstance(have, tuple) else have) != had:
+            raise CheckpointError(
+                f"{path}: trained with {group}.{key}={had!r}, cannot resume with {have!r}"
+            )

@@ -15,23 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import mlflow
 import numpy as np
+import torch
+
+from trpo_pipeline.rl.checkpoint import load_checkpoint
+from trpo_pipeline.rl.config import run_config_from_dict
+from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
+from trpo_pipeline.rl.policies import env_action, make_actor
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around a checkpoint's actor and observation normaliser."""
 
     def load_context(self, context: Any) -> None:
-        import gymnasium as gym
-
-        from trpo_pipeline.checkpoint import load_checkpoint
-        from trpo_pipeline.config import config_from_dict
-        from trpo_pipeline.envs import ObsNormalizer
-        from trpo_pipeline.policies import make_actor
-
         ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))
-        cfg = config_from_dict(ckpt.config)
+        cfg = run_config_from_dict(ckpt.config)
         env = gym.make(cfg.env.id)  # only for its spaces
         self.obs_dim = int(env.observation_space.shape[0])
         self.action_space = env.action_space
@@ -47,11 +47,6 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
     # model_input stays unannotated: MLflow would read a type hint as an input schema to enforce.
     def predict(self, context: Any, model_input, params: dict | None = None) -> np.ndarray:  # noqa: ANN001
-        import torch
-
-        from trpo_pipeline.envs import preprocess
-        from trpo_pipeline.policies import env_action
-
         obs = np.asarray(
             model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input,
             dtype=np.float64,

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trpo_pipeline.checkpoint import load_checkpoint
-from trpo_pipeline.config import EvaluateConfig, config_from_dict
-from trpo_pipeline.envs import ObsNormalizer, make_vector_env, preprocess, space_dims
-from trpo_pipeline.files import atomic_write
-from trpo_pipeline.policies import Actor, env_action, make_actor
-
-EVAL_METRICS = "eval_metrics.json"
+from trpo_pipeline.rl.checkpoint import load_checkpoint
+from trpo_pipeline.rl.config import EvaluateConfig, run_config_from_dict
+from trpo_pipeline.rl.envs import make_vector_env, space_dims
+from trpo_pipeline.rl.files import atomic_write
+from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
+from trpo_pipeline.rl.policies import Actor, env_action, make_actor
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class EvalResult:
 def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
     """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i."""
     ckpt = load_checkpoint(checkpoint)
-    run_cfg = config_from_dict(ckpt.config)
+    run_cfg = run_config_from_dict(ckpt.config)
     normalizer = (
         None if ckpt.obs_normalizer is None else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
     )

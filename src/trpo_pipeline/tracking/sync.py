@@ -1,11 +1,4 @@
-"""Runs recorded while MLflow was unreachable, and `trpo-sync`, which pushes them later.
-
-When the tracking store cannot be reached at the start of a run, or goes away during it,
-training goes on: the run folder already holds the local record (learning_curve.csv,
-train_metrics.json, the checkpoint, eval_metrics.json) and tracking/ writes beside it a small
-:data:`PENDING` file naming what MLflow is still missing: the run (its id, or what is needed to
-create it: experiment, name, tags, params), metrics that live in no file, the files to upload
-as artifacts, the policy model and the run's final status.
+"""Pushing what a run folder's pending-sync marker (pending.py) names, once MLflow is back.
 
 ``trpo-sync RUN_DIR [RUN_DIR ...]`` creates the run if it never got one, logs missing params,
 tags and artifacts, and logs only the (metric key, step) pairs the MLflow run does not already
@@ -15,125 +8,34 @@ Running it again changes nothing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import fcntl
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from trpo_pipeline.config import TrackingConfig
 from trpo_pipeline.credentials import MASK, mask
 from trpo_pipeline.errors import first_line
-from trpo_pipeline.files import atomic_write
+from trpo_pipeline.rl.files import atomic_write
+from trpo_pipeline.tracking.artifacts import MODEL_NAME, log_policy_model, upload_artifact
+from trpo_pipeline.tracking.pending import Pending, PendingError
+from trpo_pipeline.tracking.records import row_metrics
+from trpo_pipeline.tracking.run import MAX_BATCH, PARAMS_PER_BATCH, RUN_REF, read_ref
+from trpo_pipeline.tracking.store import experiment_id, mlflow_client, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-PENDING = "mlflow_pending.json"
-PROG = "trpo-sync"
 
 
 class SyncError(Exception):
     """A folder that cannot be synced now; ``str(err)`` is one line."""
-
-
-@dataclass
-class Pending:
-    """What MLflow is missing of the run recorded in ``folder`` (the marker file's content).
-
-    Paths are kept relative to ``folder`` so that the folder can be moved or copied whole.
-    """
-
-    folder: Path
-    tracking_uri: str = ""  # masked: credentials never reach a file
-    run_id: str | None = None  # None: the run was never created
-    experiment: str | None = None
-    run_name: str | None = None
-    start_time: int | None = None  # ms since the epoch
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    curves: list[str] = field(default_factory=list)  # learning curves: train/* metrics per row
-    metrics: list[list[Any]] = field(default_factory=list)  # [key, value, step, timestamp ms]
-    artifacts: list[list[Any]] = field(default_factory=list)  # [file or folder, artifact path]
-    model: dict[str, str] | None = None  # {"checkpoint": path, "env_id": ...}: the pyfunc policy
-    status: str | None = None  # FINISHED / FAILED / KILLED once the run ended
-    end_time: int | None = None
-    reason: str = ""  # the first error, one line, masked
-
-    @property
-    def path(self) -> Path:
-        return self.folder / PENDING
-
-    @classmethod
-    def load(cls, folder: Path) -> Pending | None:
-        """The marker in ``folder``; None if there is none."""
-        path = Path(folder) / PENDING
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise SyncError(f"{path}: unreadable ({err})") from None
-        names = {f.name for f in fields(cls)} - {"folder"}
-        return cls(folder=Path(folder), **{k: v for k, v in data.items() if k in names})
-
-    def save(self) -> None:
-        data = {k: v for k, v in asdict(self).items() if k != "folder"}
-        data["tracking_uri"] = mask(self.tracking_uri)
-        data["reason"] = mask(self.reason)
-        atomic_write(self.path, json.dumps(data, indent=2) + "\n")
-
-    # what tracking/ records while MLflow is unreachable
-
-    def _relative(self, path: Path) -> str:
-        return os.path.relpath(Path(path).resolve(), self.folder.resolve())
-
-    def add_curve(self, csv_path: Path) -> bool:
-        rel = self._relative(csv_path)
-        if rel in self.curves:
-            return False
-        self.curves.append(rel)
-        return True
-
-    def add_metrics(self, metrics: Iterable[Metric], curve: Path | None) -> bool:
-        """Metrics a failed call did not deliver; train/* ones are rows of ``curve``."""
-        changed = False
-        for m in metrics:
-            if curve is not None and m.key.startswith("train/"):
-                changed |= self.add_curve(curve)
-            else:
-                self.metrics.append([m.key, m.value, m.step, m.timestamp])
-                changed = True
-        return changed
-
-    def add_artifact(self, path: Path, artifact_path: str | None) -> bool:
-        entry = [self._relative(path), artifact_path]
-        if entry in self.artifacts:
-            return False
-        self.artifacts.append(entry)
-        return True
-
-    def set_model(self, checkpoint: Path, env_id: str) -> bool:
-        self.model = {"checkpoint": self._relative(checkpoint), "env_id": env_id}
-        return True
-
-    def set_tag(self, key: str, value: str) -> bool:
-        if self.tags.get(key) == value:
-            return False
-        self.tags[key] = value
-        return True
-
-    def set_status(self, status: str, end_time: int) -> bool:
-        self.status, self.end_time = status, end_time
-        return True
 
 
 # --- pushing a folder ----------------------------------------------------------------------------
@@ -180,9 +82,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def resolve_uri(pending: Pending, given: str | None) -> str:
     """--tracking-uri, else the recorded store, else $MLFLOW_TRACKING_URI when it is the
     recorded store with its credentials (the marker holds the URI masked)."""
-    from trpo_pipeline.config import TrackingConfig
-    from trpo_pipeline.tracking import resolve_tracking_uri
-
     if given:
         return resolve_tracking_uri(TrackingConfig(uri=given))
     recorded = pending.tracking_uri
@@ -208,7 +107,10 @@ def sync_folder(
     if not folder.is_dir():
         raise SyncError("no such run folder")
     with _folder_lock(folder):
-        pending = Pending.load(folder)
+        try:
+            pending = Pending.load(folder)
+        except PendingError as err:
+            raise SyncError(str(err)) from None
         if pending is None:
             return None
         if pending.status is None and not force:
@@ -231,14 +133,12 @@ def sync_folder(
 def _push(pending: Pending, uri: str) -> Pushed:
     from mlflow.entities import Param, RunTag
 
-    from trpo_pipeline import tracking
-
-    client = tracking.mlflow_client(uri)
+    client = mlflow_client(uri)
     created = False
     if pending.run_id is None:
         if not pending.experiment:
             raise SyncError("the marker names neither a run nor an experiment to create it in")
-        exp_id = tracking.experiment_id(client, uri, pending.experiment)
+        exp_id = experiment_id(client, uri, pending.experiment)
         run = client.create_run(
             exp_id, start_time=pending.start_time, tags=pending.tags, run_name=pending.run_name
         )
@@ -249,8 +149,8 @@ def _push(pending: Pending, uri: str) -> Pushed:
     pushed = Pushed(run_id, created=created)
 
     params = [Param(k, v) for k, v in pending.params.items() if k not in run.data.params]
-    for i in range(0, len(params), tracking.PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[i : i + tracking.PARAMS_PER_BATCH])
+    for i in range(0, len(params), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
     pushed.params = len(params)
     tags = [RunTag(k, v) for k, v in pending.tags.items() if run.data.tags.get(k) != v]
     if tags and not created:
@@ -263,7 +163,7 @@ def _push(pending: Pending, uri: str) -> Pushed:
     if pending.model and not _model_logged(client, run.info.experiment_id, run_id):
         checkpoint = pending.folder / pending.model["checkpoint"]
         if checkpoint.is_file():
-            tracking.log_policy_model(uri, run_id, checkpoint, pending.model["env_id"])
+            log_policy_model(uri, run_id, checkpoint, pending.model["env_id"])
             pushed.model = True
     status = pending.status or "KILLED"
     if run.info.status != status:
@@ -274,8 +174,6 @@ def _push(pending: Pending, uri: str) -> Pushed:
 
 def wanted_metrics(pending: Pending) -> dict[tuple[str, int], tuple[float, int]]:
     """{(key, step): (value, timestamp ms)} of every metric the run should hold."""
-    from trpo_pipeline.tracking import row_metrics
-
     now = int(time.time() * 1000)
     start = pending.start_time or now
     wanted: dict[tuple[str, int], tuple[float, int]] = {}
@@ -303,8 +201,6 @@ def wanted_metrics(pending: Pending) -> dict[tuple[str, int], tuple[float, int]]
 def _push_metrics(client: MlflowClient, run_id: str, pending: Pending) -> int:
     from mlflow.entities import Metric
 
-    from trpo_pipeline.tracking import MAX_BATCH
-
     wanted = wanted_metrics(pending)
     have = {
         key: {m.step for m in client.get_metric_history(run_id, key)}
@@ -328,8 +224,6 @@ def _push_artifacts(
     client: MlflowClient, run_id: str, path: Path, artifact_path: str | None
 ) -> int:
     """Upload a file, or every file under a folder, that the run's artifacts lack."""
-    from trpo_pipeline.tracking import upload_artifact
-
     if path.is_file():
         files = [(path, artifact_path)]
     elif path.is_dir():
@@ -352,8 +246,6 @@ def _push_artifacts(
 
 
 def _model_logged(client: MlflowClient, experiment_id: str, run_id: str) -> bool:
-    from trpo_pipeline.tracking import MODEL_NAME
-
     found = client.search_logged_models(
         [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
     )
@@ -362,56 +254,12 @@ def _model_logged(client: MlflowClient, experiment_id: str, run_id: str) -> bool
 
 def _update_ref(folder: Path, run_id: str, uri: str) -> None:
     """The folder's run reference names the run it now has (it was null while offline)."""
-    from trpo_pipeline import tracking
-
-    path = folder / tracking.RUN_REF
+    path = folder / RUN_REF
     if not path.is_file():
         return
-    ref = tracking.read_ref(path)
+    ref = read_ref(path)
     if ref.get("run_id") not in (None, run_id) and not ref.get("pending_sync"):
         return
     ref = {k: v for k, v in ref.items() if k != "pending_sync"}
     ref |= {"run_id": run_id, "tracking_uri": mask(uri)}
     atomic_write(path, json.dumps(ref, indent=2) + "\n")
-
-
-# --- the command -----------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Push to MLflow what run folders recorded while MLflow was unreachable "
-        f"(the folders holding {PENDING}). Safe to repeat: only what the MLflow run lacks is "
-        "sent, so every metric ends up there exactly once.",
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="push to this store (default: the one the run was tracked in)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="also push a run that never ended (killed): it is marked KILLED",
-    )
-    args = parser.parse_args(argv)
-    from trpo_pipeline.tracking import quiet_http
-
-    failed = 0
-    with quiet_http():
-        for folder in args.run_dirs:
-            try:
-                pushed = sync_folder(folder, args.tracking_uri, force=args.force)
-            except SyncError as err:
-                print(f"{PROG}: error: {folder}: {mask(str(err))}", file=sys.stderr)
-                failed += 1
-                continue
-            print(f"{folder}: " + ("nothing to sync" if pushed is None else pushed.describe()))
-    if failed:
-        raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

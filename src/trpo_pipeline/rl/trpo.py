@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
-from trpo_pipeline.adam import Adam
-from trpo_pipeline.config import AlgoConfig
+from trpo_pipeline.rl.adam import Adam
+from trpo_pipeline.rl.config import AlgoConfig
 
 
 @dataclass(frozen=True)

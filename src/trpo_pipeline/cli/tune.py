@@ -18,17 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trpo_pipeline.cli import (
-    CONFIG_NAME,
-    _composition_error,
-    _guarded,
-    fail,
-    find_conf_dir,
-    preflight,
-    run_hydra_app,
-    split_argv,
-)
-from trpo_pipeline.config import Config, ConfigError, check_runtime, load_config
+from trpo_pipeline import tracking
+from trpo_pipeline.config import Config, ConfigError
+from trpo_pipeline.errors import fail
+from trpo_pipeline.launch.app import guarded, run_hydra_app
+from trpo_pipeline.launch.command_line import preflight, read
+from trpo_pipeline.launch.compose import CONFIG_NAME, composition_error, find_conf_dir, load_config
+from trpo_pipeline.rl.runtime import check_device
+from trpo_pipeline.tune.tuned_config import check_tuned_config
+from trpo_pipeline.tune.validation import validate_tune
 
 PROG = "trpo-tune"
 STUDY_DIR = "hydra.run.dir=${tune.output_dir}/${tune.study_name}"
@@ -60,24 +58,21 @@ def _compose(overrides: Sequence[str]) -> Any:
     try:
         return compose(CONFIG_NAME, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise _composition_error(err) from None
+        raise composition_error(err) from None
 
 
 def _check(argv: Sequence[str], conf_dir: Path) -> None:
     """Everything that can be checked before Hydra starts; ConfigError on the first problem."""
-    from trpo_pipeline.tracking import check_store
-    from trpo_pipeline.tune import check_tuned_config, validate_tune
-
-    _, multirun, wanted = split_argv(argv)
-    if multirun:
+    command = read(argv)
+    if command is None:
+        return
+    if command.multirun:
         raise ConfigError(
             "", "trpo-tune runs one study per command (no -m); start more workers instead"
         )
-    if not wanted:
-        return
-    (cfg,) = preflight(argv, conf_dir)
-    check_runtime(cfg)
-    check_store(cfg.tracking)
+    (cfg,) = preflight(command, conf_dir)
+    check_device(cfg.train.device)
+    tracking.check_store(cfg.tracking)
     validate_tune(cfg)
     check_tuned_config(
         tuned_config_path(conf_dir, cfg.tune.study_name),
@@ -86,14 +81,16 @@ def _check(argv: Sequence[str], conf_dir: Path) -> None:
     )
 
 
-def _run(
+def run_study_command(
     cfg: Config,
     compose_trial: Callable[[Mapping[str, Any]], Config],
     study_dir: Path,
     default: Config,
     conf_dir: Path,
 ) -> float | None:
-    from trpo_pipeline.tune import format_summary, run_study
+    # Deferred: the study imports optuna and torch, which only a running task needs.
+    from trpo_pipeline.tune.study import run_study
+    from trpo_pipeline.tune.summary import format_summary
 
     try:
         summary = run_study(
@@ -126,39 +123,12 @@ def _tune_task(dcfg: Any) -> float | None:
 
     def body(study_dir: Path) -> float | None:
         cfg = load_config(dcfg)
-        return _run(cfg, compose_trial, study_dir, load_config(_compose([])), conf_dir)
+        return run_study_command(cfg, compose_trial, study_dir, load_config(_compose([])), conf_dir)
 
-    return _guarded(PROG, body)
-
-
-def stage_main(argv: Sequence[str] | None = None) -> None:
-    """The DVC stage: the study of params.yaml (as the other stages, never a Hydra composition).
-
-    ``python -m trpo_pipeline.tune_cli --params params.yaml --output-dir outputs/tune``; a trial
-    is params.yaml with its sampled values, trained in <output-dir>/<study>/trial_<n>/.
-    """
-    import argparse
-
-    from trpo_pipeline.cli import compose
-    from trpo_pipeline.stages import read_params
-    from trpo_pipeline.tune import with_values
-
-    parser = argparse.ArgumentParser(prog=PROG, description=stage_main.__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--output-dir", type=Path, help="default: tune.output_dir")
-    args = parser.parse_args(argv)
-    conf_dir = find_conf_dir()
-    try:
-        cfg = read_params(args.params)
-        default = load_config(compose([], conf_dir))
-        study_dir = (args.output_dir or Path(cfg.tune.output_dir)) / cfg.tune.study_name
-        _interrupt_on_sigterm()
-        _run(cfg, lambda values: with_values(cfg, values), study_dir, default, conf_dir)
-    except ConfigError as err:
-        fail(PROG, str(err))
+    return guarded(PROG, body)
 
 
-def _interrupt_on_sigterm() -> None:
+def interrupt_on_sigterm() -> None:
     # kill / a batch scheduler's SIGTERM ends the trial like Ctrl-C: marked failed, not stale.
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -166,7 +136,7 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def tune_main() -> None:
+def main() -> None:
     conf_dir = find_conf_dir()
     argv = sys.argv[1:]
     try:
@@ -175,9 +145,9 @@ def tune_main() -> None:
         fail(PROG, str(err))
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         sys.argv.append(STUDY_DIR)  # Hydra's folder is the study's: runs/tune/<study>/
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     run_hydra_app(PROG, _tune_task)
 
 
 if __name__ == "__main__":
-    stage_main()
+    main()

@@ -8,38 +8,23 @@ status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+
+from trpo_pipeline.config import TrackingConfig
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import fail
+from trpo_pipeline.tracking.store import resolve_tracking_uri
 
 PROG = "trpo-report"
 REPORTS_DIR = Path("reports")
 
 
 def tracking_uri(given: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
-
-    The project's own rule (tracking.resolve_tracking_uri) when it is there, so the report
-    reads the store the pipeline writes.
-    """
-    try:
-        from trpo_pipeline.config import TrackingConfig
-        from trpo_pipeline.tracking import resolve_tracking_uri
-    except ImportError:
-        if uri := given or os.environ.get("MLFLOW_TRACKING_URI"):
-            return uri
-        return f"sqlite:///{Path(__file__).resolve().parents[2] / 'mlflow.db'}"
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db: the store
+    the pipeline writes."""
     return resolve_tracking_uri(TrackingConfig(uri=given))
-
-
-def _fail(message: str) -> NoReturn:
-    from trpo_pipeline.credentials import mask
-
-    print(f"{PROG}: error: {mask(message)}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -98,38 +83,34 @@ def _default_out() -> Path:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        _fail(f"--out {out} is a file, not a folder")
+        fail(PROG, f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        _fail(f"--out {out} is not empty; pass --overwrite to write the report into it anyway")
+        fail(PROG, f"--out {out} is not empty; pass --overwrite to write the report into it anyway")
 
 
-def report_main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if not (args.experiment or args.tag or args.run_id):
-        _fail("say which runs to compare: --experiment NAME, --tag KEY=VALUE or --run-id ID")
+        fail(PROG, "say which runs to compare: --experiment NAME, --tag KEY=VALUE or --run-id ID")
     out = args.out if args.out is not None else _default_out()
     _check_out(out, args.overwrite)
 
-    from trpo_pipeline.report import (
-        REPORT_MD,
-        ReportError,
-        redact,
-        select_runs,
-        ui_command,
-        write_report,
-    )
+    # Deferred: the report draws with matplotlib and reads MLflow, after the checks above.
+    from trpo_pipeline.report.links import ui_command
+    from trpo_pipeline.report.page import REPORT_MD, write_report
+    from trpo_pipeline.report.runs import ReportError, select_runs
 
     uri = tracking_uri(args.tracking_uri)
     try:
         run_ids = select_runs(uri, args.experiment, dict(args.tag) or None, args.run_id or None)
         html = write_report(uri, run_ids, out)
     except ReportError as err:
-        _fail(str(err))
-    print(f"report on {len(run_ids)} MLflow run{'s' * (len(run_ids) != 1)} from {redact(uri)}:")
+        fail(PROG, str(err))
+    print(f"report on {len(run_ids)} MLflow run{'s' * (len(run_ids) != 1)} from {mask(uri)}:")
     print(f"  {html}\n  {out / REPORT_MD} (+ PNG figures)")
     if command := ui_command(uri):
         print(f"browse the runs: {command}")
 
 
 if __name__ == "__main__":
-    report_main()
+    main()

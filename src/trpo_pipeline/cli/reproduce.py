@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, ConfigError, TrackingConfig, config_from_dict
+from trpo_pipeline.credentials import mask
+from trpo_pipeline.errors import fail
 
 PROG = "trpo-reproduce"
 CONFIG_ARTIFACT = "config/config.yaml"
@@ -45,11 +46,6 @@ class Comparison:
     @property
     def exact(self) -> bool:
         return not self.params and not self.metrics
-
-
-def fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def diff_params(recorded: Mapping[str, str], new: Mapping[str, str]) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def load_recorded_config(uri: str, run_id: str) -> dict[str, Any]:
                 run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
             )
         except (MlflowException, OSError) as err:
-            fail(f"run {run_id} has no {CONFIG_ARTIFACT} artifact to reproduce from ({err})")
+            fail(PROG, f"run {run_id} has no {CONFIG_ARTIFACT} artifact to reproduce from ({err})")
         return yaml.safe_load(Path(path).read_text())
 
 
@@ -133,8 +129,9 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> Config:
 
 def rerun(cfg: Config, run_dir: Path, *, evaluate_too: bool) -> dict[str, History]:
     """Train (and evaluate) ``cfg`` again without tracking; the metric histories it produced."""
-    from trpo_pipeline.evaluate import evaluate
-    from trpo_pipeline.train import train
+    # Deferred: training imports torch, after the run and its config have been found.
+    from trpo_pipeline.rl.evaluate import evaluate
+    from trpo_pipeline.rl.train import train
 
     histories: dict[str, History] = {}
 
@@ -169,7 +166,7 @@ def reproduce(
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        fail(f"no run {run_id} in {tracking.redact(uri)} (pass --tracking-uri?)")
+        fail(PROG, f"no run {run_id} in {mask(uri)} (pass --tracking-uri?)")
     tags = run.data.tags
     commit, dirty = tracking.git_state()
     recorded_commit = tags.get("git_commit", "unknown")
@@ -185,7 +182,10 @@ def reproduce(
     recorded_values = load_recorded_config(uri, run_id)
     cfg = apply_overrides(recorded_values, overrides)
     if cfg.resume is not None:
-        fail(f"run {run_id} resumed from {cfg.resume}; only runs trained from scratch reproduce")
+        fail(
+            PROG,
+            f"run {run_id} resumed from {cfg.resume}; only runs trained from scratch reproduce",
+        )
     recorded_cfg = config_from_dict(recorded_values)
     print(
         f"reproducing run {run_id} ({run.info.run_name}, commit {commit[:12]}) in {workdir}",
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     uri, args.run_id, args.overrides, workdir=Path(tmp), any_commit=args.any_commit
                 )
     except ConfigError as err:
-        fail(str(err))
+        fail(PROG, str(err))
     print(describe(result))
     raise SystemExit(0 if result.exact else 1)
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, TrackingConfig, config_from_dict
 from trpo_pipeline.credentials import mask
-from trpo_pipeline.files import atomic_write
+from trpo_pipeline.rl.files import atomic_write
 
 PARENT_REF = "mlflow_parent_run.json"
 

@@ -1,0 +1,21 @@
+"""The engine's user errors: each one's text is the one line to show a person."""
+
+from __future__ import annotations
+
+MAX_MESSAGE = 300  # characters of an error line: a huge value is shown cut short
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; ``str(err)`` is the one line to show them."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        text = " ".join((f"{key}: {problem}" if key else problem).split("\n"))
+        if len(text) > MAX_MESSAGE:  # a 100 kB value would otherwise be echoed in full
+            text = f"{text[: MAX_MESSAGE - 40]}... ({len(text):,} characters in all)"
+        super().__init__(text)
+        self.key = key
+        self.problem = problem
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
