@@ -77,11 +77,11 @@ def capture_policy(engine: ModuleType) -> Iterator[SimpleNamespace]:
 def run_ours(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str, object]:
     import torch
 
-    from trpo_pipeline import train as engine
-    from trpo_pipeline.launch.app import compose
-    from trpo_pipeline.config import load_config, to_dict
-    from trpo_pipeline.rl.envs import preprocess
+    from trpo_pipeline.launch.compose import compose, load_config
+    from trpo_pipeline.rl import train as engine
+    from trpo_pipeline.rl.normalizers import preprocess
     from trpo_pipeline.rl.policies import env_action
+    from trpo_pipeline.rl.schema import to_dict
 
     overrides, source = ours_overrides(env, seed, budget)
     composed = compose(overrides, CONF_DIR)

@@ -201,9 +201,12 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
         raise ConfigError(
             f"{prefix}{unknown[0]}", f"unknown key (allowed under {where}: {', '.join(names)})"
         )
-    kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}
-    for f in fields:
-        if f.name in kwargs and (problem := f.metadata["rule"].problem(kwargs[f.name])):
+    kwargs: dict[str, Any] = {}
+    for f in fields:  # in the order they are declared: the engine's groups before the pipeline's
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _convert(f"{prefix}{f.name}", values[f.name], hints[f.name])
+        if problem := f.metadata["rule"].problem(kwargs[f.name]):
             raise ConfigError(f"{prefix}{f.name}", problem)
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from trpo_pipeline.config import ConfigError, TrackingConfig
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.retrying import retry
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -197,16 +198,12 @@ class _RetryingClient:
 
 def retry_locked(call: Callable[[], T], attempts: int = LOCKED_RETRIES) -> T:
     """``call()``, retried with jittered exponential backoff while the store is locked."""
-    import random
-
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as err:
-            if attempt == attempts - 1 or not is_locked(err):
-                raise
-            time.sleep(min(0.05 * 2**attempt, 2.0) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    return retry(
+        call,
+        attempts=attempts,
+        transient=is_locked,
+        pause=lambda i: min(0.05 * 2**i, 2.0) * (0.5 + random.random()),
+    )
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ prunes: the storage, the sampler, the pruner, and the study opened with them."""
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from optuna.trial import FrozenTrial
 from trpo_pipeline.config import Config, ConfigError, SamplerConfig, StorageConfig
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.retrying import retry
 from trpo_pipeline.tracking.store import project_root
 
 DEFAULT_DB = "optuna.db"  # at the repo root (tracking.project_root), like MLflow's store
@@ -64,19 +64,16 @@ def open_storage(
                 "grace_period": cfg.grace_period,
                 "heartbeat_stale_trial_callback": on_stale,
             }
-        for attempt in range(3):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
-                        url, engine_kwargs={"pool_pre_ping": True}, **heartbeat
-                    )
-            except Exception:
-                # Workers starting together race to create the tables: the loser retries.
-                if attempt == 2:
-                    raise
-                time.sleep(1.0 + attempt)
-        raise AssertionError("unreachable")
+
+        def rdb_storage() -> optuna.storages.RDBStorage:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True}, **heartbeat
+                )
+
+        # Workers starting together race to create the tables: the loser tries again.
+        return retry(rdb_storage, attempts=3, transient=lambda err: True, pause=lambda i: 1.0 + i)
     except Exception as err:
         raise ConfigError(
             "tune.storage.url", f"cannot open {mask(url)}: {first_line(err)}"
