@@ -45,7 +45,11 @@ FIGURES = (LEARNING_CURVES_PNG, TRUST_REGION_PNG, DIAGNOSTICS_PNG)
 def build_sections(
     groups: Sequence[ConfigGroup], tracking_uri: str, pngs: Mapping[str, bytes]
 ) -> list[Section]:
-    runs = [r for g in groups for r in g.runs]
+    """The report's sections: its figures, then its tables."""
+    return figure_sections(pngs) + table_sections(groups, tracking_uri)
+
+
+def figure_sections(pngs: Mapping[str, bytes]) -> list[Section]:
     sections = []
     if LEARNING_CURVES_PNG in pngs:
         sections.append(
@@ -83,6 +87,12 @@ def build_sections(
                 + BAND_NOTE,
             )
         )
+    return sections
+
+
+def table_sections(groups: Sequence[ConfigGroup], tracking_uri: str) -> list[Section]:
+    runs = [r for g in groups for r in g.runs]
+    sections = []
     sections.append(
         Section(
             "evaluation",

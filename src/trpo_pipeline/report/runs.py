@@ -17,6 +17,7 @@ import numpy as np
 
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.tracking.parents import PARENT_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-PARENT_TAG = "mlflow.parentRunId"
 RETURN = "train/episode_return"
 KL = "train/kl"
 ACCEPTED = "train/line_search_accepted"
@@ -152,6 +152,17 @@ def _is_training_run(run: Run) -> bool:
     return any(key.startswith(("train/", "eval/")) for key in metrics)
 
 
+def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
+    found = _mlflow_call(tracking_uri, f"experiment {name!r}", client.get_experiment_by_name, name)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ReportError(
+            f"no MLflow experiment named {name!r} in {mask(tracking_uri)} "
+            f"(experiments: {', '.join(names) or 'none'})"
+        )
+    return found.experiment_id
+
+
 def select_runs(
     tracking_uri: str,
     experiment: str | None,
@@ -170,19 +181,7 @@ def select_runs(
     tags = dict(tags or {})
     uri = mask(tracking_uri)
 
-    experiment_ids: list[str] | None = None
-    if experiment:
-        found = _mlflow_call(
-            tracking_uri, f"experiment {experiment!r}", client.get_experiment_by_name, experiment
-        )
-        if found is None:
-            names = [e.name for e in client.search_experiments()]
-            raise ReportError(
-                f"no MLflow experiment named {experiment!r} in {uri} "
-                f"(experiments: {', '.join(names) or 'none'})"
-            )
-        experiment_ids = [found.experiment_id]
-
+    experiment_ids = [_experiment_id(client, tracking_uri, experiment)] if experiment else None
     if run_ids:
         runs = [_mlflow_call(tracking_uri, f"run {rid!r}", client.get_run, rid) for rid in run_ids]
         if experiment_ids is not None:

@@ -155,16 +155,32 @@ def run_study(
     except BaseException:
         tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
         raise
-    summary = summarize(study, cfg, time.perf_counter() - start)
+    summary = _conclude(
+        study, cfg, time.perf_counter() - start, study_dir, tuned_config, default or cfg, label
+    )
+    tracker.finish_study(summary, summary.report_dir, done=True)
+    return summary
+
+
+def _conclude(
+    study: optuna.Study,
+    cfg: Config,
+    wall_time_s: float,
+    study_dir: Path,
+    tuned_config: Path | None,
+    default: Config,
+    label: str,
+) -> StudySummary:
+    """The study's summary, its best trial as a Hydra experiment, and its report."""
+    t = cfg.tune
+    summary = summarize(study, cfg, wall_time_s)
     report_dir = study_dir / "report"
     written = None
     if summary.best_number is not None and tuned_config is not None:
-        best = study.best_trial
-        text = tuned_config_yaml(cfg, default or cfg, best, label)
+        text = tuned_config_yaml(cfg, default, study.best_trial, label)
         written = write_tuned_config(tuned_config, text, t.study_name, overwrite=t.overwrite)
     summary = dataclasses.replace(summary, tuned_config=written, report_dir=report_dir)
     write_report(study, summary, report_dir)
-    tracker.finish_study(summary, report_dir, done=True)
     return summary
 
 
