@@ -5,14 +5,28 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import shutil
+from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from trpo_pipeline.config import ConfigError, config_from_dict
 from trpo_pipeline.rl.checkpoint import CheckpointError, load_checkpoint
-from trpo_pipeline.rl.train import UpdateRecord, train
+from trpo_pipeline.rl.train import (
+    RETURN_WINDOW,
+    EpisodeStats,
+    Progress,
+    UpdateRecord,
+    build_agent,
+    checkpoint_of,
+    restore,
+    train,
+)
 from trpo_pipeline.rl.trpo import UpdateStats
 
 TIMING = {"time_s", "steps_per_s"}
@@ -132,3 +146,55 @@ def test_resume_refuses_a_checkpoint_of_another_env(tmp_path, tiny_config):
     with pytest.raises(CheckpointError, match=r"env\.id"):
         train(cfg, tmp_path / "acrobot")
     assert not (tmp_path / "acrobot").exists()
+
+
+def test_episode_stats_average_the_last_return_window_episodes():
+    episodes = EpisodeStats()
+    assert math.isnan(episodes.mean_return) and math.isnan(episodes.mean_length)
+    returns = [float(i) for i in range(RETURN_WINDOW + 10)]
+    lengths = [i % 7 for i in range(RETURN_WINDOW + 10)]
+
+    episodes.add(SimpleNamespace(episode_returns=returns[:10], episode_lengths=lengths[:10]))
+    episodes.add(SimpleNamespace(episode_returns=returns[10:], episode_lengths=lengths[10:]))
+
+    assert episodes.count == RETURN_WINDOW + 10
+    assert episodes.mean_return == pytest.approx(sum(returns[10:]) / RETURN_WINDOW)
+    assert episodes.mean_length == pytest.approx(sum(lengths[10:]) / RETURN_WINDOW)
+    assert EpisodeStats.from_state_dict(episodes.state_dict()) == episodes
+
+
+def same(a: object, b: object) -> bool:
+    """Equal state: tensors and arrays element by element, containers recursively."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_restoring_a_checkpoint_gives_back_the_agent_and_progress_it_was_made_of(tiny_config):
+    cfg = tiny_config("Pendulum-v1", env={"normalize_reward": True})
+    space, cpu = gym.spaces.Box(-2.0, 2.0, (1,), np.float32), torch.device("cpu")
+    torch.manual_seed(0)
+    agent = build_agent(cfg, 3, space, cpu)
+    agent.obs_normalizer.update(np.random.default_rng(0).normal(size=(10, 3)))
+    rewards = np.ones((4, 2))
+    agent.reward_scaler.scale(rewards, np.zeros((4, 2), bool), np.ones((4, 2), bool))
+    progress = Progress(global_step=1000, updates=4)
+    progress.episodes.add(SimpleNamespace(episode_returns=[1.0, 2.5], episode_lengths=[5, 9]))
+    checkpoint = checkpoint_of(agent, progress, {"seed": 0})
+    torch.manual_seed(1)
+    fresh = build_agent(cfg, 3, space, cpu)
+    assert not same(fresh.actor.state_dict(), agent.actor.state_dict())
+
+    restored = restore(fresh, checkpoint)
+
+    assert restored == progress
+    # The RNG states too: the checkpoint of the restored agent is the same, field by field.
+    again = checkpoint_of(fresh, restored, {"seed": 0})
+    for f in dataclasses.fields(checkpoint):
+        assert same(getattr(again, f.name), getattr(checkpoint, f.name)), f.name

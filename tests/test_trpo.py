@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -303,3 +305,68 @@ def test_explained_variance_on_known_inputs():
     expected = 1.0 - (1 / 4) / (5 / 3)
     assert trpo.explained_variance(values, returns) == pytest.approx(expected)
     assert math.isnan(trpo.explained_variance(values, torch.full((4,), 7.0)))
+
+
+# --- the whole update -----------------------------------------------------------------------
+
+CURVE_STATS_COLUMNS = (  # the learning curve's columns after the progress ones, in this order
+    "surrogate_before",
+    "surrogate_after",
+    "kl",
+    "line_search_steps",
+    "line_search_accepted",
+    "skipped",
+    "cg_residual",
+    "step_size",
+    "grad_norm",
+    "entropy",
+    "value_loss",
+    "explained_variance",
+)
+
+
+def test_update_stats_are_the_policy_steps_then_the_critics_in_the_curves_order():
+    policy = [f.name for f in dataclasses.fields(trpo.PolicyStats)]
+    assert [f.name for f in dataclasses.fields(trpo.UpdateStats)] == list(CURVE_STATS_COLUMNS)
+    assert list(CURVE_STATS_COLUMNS[: len(policy)]) == policy
+
+
+def test_fisher_states_are_all_or_a_random_subset_of_distinct_states():
+    obs = torch.arange(40.0).reshape(20, 2)
+    assert trpo.fisher_states(obs, 1.0) is obs
+    subset = trpo.fisher_states(obs, 0.25)
+    assert subset.shape == (5, 2)
+    assert len({tuple(row.tolist()) for row in subset}) == 5
+    assert all(any(torch.equal(row, o) for o in obs) for row in subset)
+    assert trpo.fisher_states(obs, 0.01).shape[0] == 2  # never fewer than two states
+
+
+def test_update_is_the_policy_step_then_the_critic_fit_on_one_batch():
+    # Done by hand on copies from the same RNG state, the pieces give the same bits: the
+    # update adds nothing, and draws its random numbers (the Fisher subsample, then the
+    # critic's minibatches) in this order.
+    actor, obs, actions, adv = policy_batch("gaussian")
+    critic = Critic(OBS_DIM, TINY)
+    returns = torch.randn(obs.shape[0])
+    with torch.no_grad():
+        values = critic(obs)
+    cfg = AlgoConfig(fvp_subsample=0.5, vf_epochs=2, vf_minibatch=64)
+    by_hand_actor, by_hand_critic = copy.deepcopy(actor), copy.deepcopy(critic)
+    batch = trpo.TrainingBatch(
+        obs=obs, actions=actions, advantages=adv, returns=returns, values=values
+    )
+
+    torch.manual_seed(1)
+    stats = trpo.update(actor, critic, Adam(critic.parameters(), lr=1e-3), batch, cfg)
+    torch.manual_seed(1)
+    step = trpo.policy_step(by_hand_actor, obs, actions, adv, cfg)
+    ev = trpo.explained_variance(values, returns)
+    optimizer = Adam(by_hand_critic.parameters(), lr=1e-3)
+    value_loss = trpo.fit_critic(by_hand_critic, optimizer, obs, returns, 2, 64)
+
+    assert stats == trpo.UpdateStats(
+        **dataclasses.asdict(step), value_loss=value_loss, explained_variance=ev
+    )
+    assert stats.line_search_accepted
+    assert unchanged(actor, params_of(by_hand_actor))
+    assert unchanged(critic, params_of(by_hand_critic))

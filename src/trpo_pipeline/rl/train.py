@@ -1,17 +1,24 @@
-"""The training loop: collect -> advantages -> policy step -> critic -> log -> checkpoint."""
+"""The training loop: collect -> advantages -> policy step -> critic -> log -> checkpoint.
+
+The pieces a run is made of, in the order the loop uses them: :class:`Agent` (what learns,
+:func:`build_agent`), :class:`Progress` (how far the run is, :func:`restore` from a
+checkpoint, :func:`checkpoint_of` to save one), :func:`learn_from_batch` (one TRPO update from
+a collected batch) and :class:`UpdateRecord` (what each update reports).
+"""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import yaml
@@ -27,12 +34,13 @@ from trpo_pipeline.rl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from trpo_pipeline.rl.config import RunConfig, engine_dict
+from trpo_pipeline.rl.config import AlgoConfig, RunConfig, engine_dict
 from trpo_pipeline.rl.envs import make_vector_env, seed_everything, space_dims
-from trpo_pipeline.rl.files import atomic_output, atomic_write
+from trpo_pipeline.rl.files import atomic_write
+from trpo_pipeline.rl.learning_curve import open_curve
 from trpo_pipeline.rl.normalizers import ObsNormalizer, RewardScaler
-from trpo_pipeline.rl.policies import Critic, make_actor
-from trpo_pipeline.rl.rollout import EnvState, collect
+from trpo_pipeline.rl.policies import Actor, Critic, make_actor
+from trpo_pipeline.rl.rollout import Batch, EnvState, collect
 from trpo_pipeline.rl.run_files import (
     CHECKPOINT,
     CONFIG,
@@ -43,6 +51,195 @@ from trpo_pipeline.rl.run_files import (
 from trpo_pipeline.rl.runtime import resolve_device
 
 RETURN_WINDOW = 100  # episodes averaged into the reported training return
+
+
+# --- what learns ------------------------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    """What one update changes: the policy pi_theta, the critic V and its optimiser, and the
+    running statistics observations and rewards are normalised with (None when disabled)."""
+
+    actor: Actor
+    critic: Critic
+    critic_optimizer: Adam
+    obs_normalizer: ObsNormalizer | None
+    reward_scaler: RewardScaler | None
+
+
+def build_agent(
+    cfg: RunConfig, obs_dim: int, action_space: gym.Space, device: torch.device
+) -> Agent:
+    """A fresh agent for ``cfg``.
+
+    The initial weights are drawn from torch's global RNG, the actor's first, then the critic's.
+    """
+    actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
+    critic = Critic(obs_dim, cfg.policy).to(device)
+    return Agent(
+        actor=actor,
+        critic=critic,
+        critic_optimizer=Adam(critic.parameters(), lr=cfg.algo.vf_lr),
+        obs_normalizer=(
+            ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
+        ),
+        reward_scaler=(
+            RewardScaler(cfg.algo.gamma, cfg.env.clip_reward) if cfg.env.normalize_reward else None
+        ),
+    )
+
+
+# --- how far the run is -----------------------------------------------------------------------
+
+
+@dataclass
+class EpisodeStats:
+    """Episodes finished so far, and the last RETURN_WINDOW of them for the reported means."""
+
+    count: int = 0
+    returns: deque[float] = field(default_factory=lambda: deque(maxlen=RETURN_WINDOW))
+    lengths: deque[int] = field(default_factory=lambda: deque(maxlen=RETURN_WINDOW))
+
+    def add(self, batch: Batch) -> None:
+        """Count the episodes that ended during ``batch``."""
+        self.count += len(batch.episode_returns)
+        self.returns.extend(batch.episode_returns)
+        self.lengths.extend(batch.episode_lengths)
+
+    @property
+    def mean_return(self) -> float:
+        """Mean undiscounted return of the recent episodes (nan before the first one ends)."""
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths)) if self.lengths else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "returns": list(self.returns), "lengths": list(self.lengths)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> EpisodeStats:
+        episodes = cls(count=state["count"])
+        episodes.returns.extend(state["returns"])
+        episodes.lengths.extend(state["lengths"])
+        return episodes
+
+
+@dataclass
+class Progress:
+    """How far the run is, counted over the whole run (a resumed run continues the counts)."""
+
+    global_step: int = 0  # env transitions trained on
+    updates: int = 0  # TRPO updates done
+    episodes: EpisodeStats = field(default_factory=EpisodeStats)
+
+    def advance(self, batch: Batch) -> None:
+        """Count one update on ``batch``."""
+        self.global_step += batch.num_transitions
+        self.updates += 1
+        self.episodes.add(batch)
+
+
+def restore(agent: Agent, checkpoint: Checkpoint) -> Progress:
+    """Load ``checkpoint`` into ``agent`` and the global RNGs; returns where the run was.
+
+    A normaliser disabled in the agent stays disabled, whatever the checkpoint holds.
+    """
+    agent.actor.load_state_dict(checkpoint.actor)
+    agent.critic.load_state_dict(checkpoint.critic)
+    agent.critic_optimizer.load_state_dict(checkpoint.critic_optimizer)
+    if agent.obs_normalizer is not None and checkpoint.obs_normalizer is not None:
+        agent.obs_normalizer = ObsNormalizer.from_state_dict(checkpoint.obs_normalizer)
+    if agent.reward_scaler is not None and checkpoint.reward_scaler is not None:
+        agent.reward_scaler = RewardScaler.from_state_dict(checkpoint.reward_scaler)
+    set_rng_state(checkpoint.rng)
+    return Progress(
+        global_step=checkpoint.global_step,
+        updates=checkpoint.updates,
+        episodes=EpisodeStats.from_state_dict(checkpoint.episodes),
+    )
+
+
+def checkpoint_of(agent: Agent, progress: Progress, run_config: dict[str, Any]) -> Checkpoint:
+    """Everything a resumed run needs to continue bit-identically, the RNG states as of now."""
+    normalizer, scaler = agent.obs_normalizer, agent.reward_scaler
+    return Checkpoint(
+        actor=agent.actor.state_dict(),
+        critic=agent.critic.state_dict(),
+        critic_optimizer=agent.critic_optimizer.state_dict(),
+        obs_normalizer=None if normalizer is None else normalizer.state_dict(),
+        reward_scaler=None if scaler is None else scaler.state_dict(),
+        rng=rng_state(),
+        episodes=progress.episodes.state_dict(),
+        global_step=progress.global_step,
+        updates=progress.updates,
+        config=run_config,
+    )
+
+
+# --- one update ---------------------------------------------------------------------------------
+
+
+def training_batch(
+    agent: Agent, batch: Batch, cfg: AlgoConfig, device: torch.device
+) -> trpo.TrainingBatch:
+    """The flat batch of real transitions TRPO learns from, with GAE advantages and returns.
+
+    Rewards are scaled first (when enabled); V(s_0..s_T) comes from the critic before the
+    update, so the last row bootstraps the cut episodes (Spinning Up's ``last_val``).
+    """
+    valid = batch.valid
+    rewards = batch.rewards
+    if agent.reward_scaler is not None:
+        done = (batch.terminated | batch.truncated).cpu().numpy()
+        scaled = agent.reward_scaler.scale(rewards.cpu().numpy(), done, valid.cpu().numpy())
+        rewards = torch.from_numpy(scaled).to(device)
+    with torch.no_grad():
+        values = agent.critic(batch.obs)  # V(s_0..s_T), one batched forward
+    adv, returns = advantages.gae(
+        rewards,
+        values[:-1],
+        values[1:],
+        batch.terminated,
+        batch.truncated,
+        cfg.gamma,
+        cfg.gae_lambda,
+    )
+    adv = adv[valid]
+    if cfg.normalize_advantages:
+        adv = advantages.normalize(adv)
+    return trpo.TrainingBatch(
+        obs=batch.obs[:-1][valid],
+        actions=batch.actions[valid],
+        advantages=adv,
+        returns=returns[valid],
+        values=values[:-1][valid],
+    )
+
+
+def learn_from_batch(
+    agent: Agent, batch: Batch, cfg: AlgoConfig, device: torch.device
+) -> trpo.UpdateStats:
+    """One TRPO update of ``agent`` from a collected batch, then the observation statistics.
+
+    The normaliser learns from the batch only after the update, so the batch was seen and
+    trained on with the same statistics.
+    """
+    stats = trpo.update(
+        agent.actor,
+        agent.critic,
+        agent.critic_optimizer,
+        training_batch(agent, batch, cfg, device),
+        cfg,
+    )
+    if agent.obs_normalizer is not None:
+        agent.obs_normalizer.update(batch.raw_obs[batch.valid.cpu().numpy()])
+    return stats
+
+
+# --- what each update reports -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -57,6 +254,22 @@ class UpdateRecord:
     time_s: float  # wall-clock since this process started training
     steps_per_s: float  # env steps per second over this update, collection and learning
     stats: trpo.UpdateStats
+
+    @classmethod
+    def of(
+        cls, progress: Progress, stats: trpo.UpdateStats, *, time_s: float, steps_per_s: float
+    ) -> UpdateRecord:
+        """The record of the update that brought the run to ``progress``."""
+        return cls(
+            update=progress.updates,
+            env_steps=progress.global_step,
+            episode_return=progress.episodes.mean_return,
+            episode_length=progress.episodes.mean_length,
+            episodes=progress.episodes.count,
+            time_s=time_s,
+            steps_per_s=steps_per_s,
+            stats=stats,
+        )
 
     def row(self) -> dict[str, float | int | str]:
         """The learning curve's columns; booleans as 0/1, which CSV readers and plots take."""
@@ -80,10 +293,7 @@ class TrainResult:
 Callback = Callable[[UpdateRecord], None]
 
 
-def _env_seed(seed: int, updates: int) -> int:
-    # A fresh stream per (seed, update count), so envs restarted at a checkpoint boundary
-    # (and a run resumed there) get the same seeds.
-    return int(np.random.SeedSequence([seed, updates]).generate_state(1)[0])
+# --- the loop -----------------------------------------------------------------------------------
 
 
 def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
@@ -96,174 +306,108 @@ def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) 
     device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.torch_threads)
     seed_everything(cfg.seed)
-    a = cfg.algo
-
-    envs = make_vector_env(cfg.env.id, a.num_envs)
+    envs = make_vector_env(cfg.env.id, cfg.algo.num_envs)
     try:
-        obs_dim, action_space = space_dims(envs)
-        actor = make_actor(obs_dim, action_space, cfg.policy).to(device)
-        critic = Critic(obs_dim, cfg.policy).to(device)
-        critic_optimizer = Adam(critic.parameters(), lr=a.vf_lr)
-        normalizer = (
-            ObsNormalizer.create(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
-        )
-        reward_scaler = (
-            RewardScaler(a.gamma, cfg.env.clip_reward) if cfg.env.normalize_reward else None
-        )
-        global_step, updates = 0, 0
-        recent_returns: deque[float] = deque(maxlen=RETURN_WINDOW)
-        recent_lengths: deque[int] = deque(maxlen=RETURN_WINDOW)
-        episodes = 0
+        agent = build_agent(cfg, *space_dims(envs), device)
+        progress = _start(agent, cfg)
+        run_config = _write_config(cfg, run_dir)
         history: list[UpdateRecord] = []
-
-        if cfg.resume is not None:
-            path = Path(cfg.resume)
-            ckpt = load_checkpoint(path)
-            check_resumable(ckpt, cfg, path)
-            actor.load_state_dict(ckpt.actor)
-            critic.load_state_dict(ckpt.critic)
-            critic_optimizer.load_state_dict(ckpt.critic_optimizer)
-            if normalizer is not None and ckpt.obs_normalizer is not None:
-                normalizer = ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
-            if reward_scaler is not None and ckpt.reward_scaler is not None:
-                reward_scaler = RewardScaler.from_state_dict(ckpt.reward_scaler)
-            set_rng_state(ckpt.rng)
-            global_step, updates = ckpt.global_step, ckpt.updates
-            episodes = ckpt.episodes["count"]
-            recent_returns.extend(ckpt.episodes["returns"])
-            recent_lengths.extend(ckpt.episodes["lengths"])
-
-        # What the checkpoint records is the run, not how it was launched: a run resumed after
-        # a kill then writes the same bytes as one that was never interrupted.
-        run_config = engine_dict(dataclasses.replace(cfg, resume=None, overwrite=False))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / CONFIG, yaml.safe_dump(engine_dict(cfg), sort_keys=False))
-        curve = _open_curve(run_dir / LEARNING_CURVE, keep_updates=updates)
-
-        def checkpoint() -> None:
-            save_checkpoint(
-                run_dir / CHECKPOINT,
-                Checkpoint(
-                    actor=actor.state_dict(),
-                    critic=critic.state_dict(),
-                    critic_optimizer=critic_optimizer.state_dict(),
-                    obs_normalizer=None if normalizer is None else normalizer.state_dict(),
-                    reward_scaler=None if reward_scaler is None else reward_scaler.state_dict(),
-                    rng=rng_state(),
-                    episodes={
-                        "count": episodes,
-                        "returns": list(recent_returns),
-                        "lengths": list(recent_lengths),
-                    },
-                    global_step=global_step,
-                    updates=updates,
-                    config=run_config,
-                ),
-            )
-
-        env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
-        bar = tqdm(
-            total=cfg.train.total_steps,
-            initial=min(global_step, cfg.train.total_steps),
-            unit="step",
-            unit_scale=True,
-            disable=not cfg.train.progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            desc=cfg.name,
-        )
-        start, start_step = time.perf_counter(), global_step
-        try:
-            while global_step < cfg.train.total_steps:
+        curve = open_curve(run_dir / LEARNING_CURVE, keep_updates=progress.updates)
+        env_state = EnvState.reset(envs, _env_seed(cfg.seed, progress.updates))
+        bar = _progress_bar(cfg, progress.global_step)
+        start, start_step = time.perf_counter(), progress.global_step
+        with curve, bar:
+            while progress.global_step < cfg.train.total_steps:
                 t0 = time.perf_counter()
-                batch = collect(env_state, actor, a.steps_per_env, normalizer, device)
-                valid = batch.valid
-                rewards = batch.rewards
-                if reward_scaler is not None:
-                    done = (batch.terminated | batch.truncated).cpu().numpy()
-                    scaled = reward_scaler.scale(rewards.cpu().numpy(), done, valid.cpu().numpy())
-                    rewards = torch.from_numpy(scaled).to(device)
-                with torch.no_grad():
-                    values = critic(batch.obs)  # V(s_0..s_T), one batched forward
-                adv, returns = advantages.gae(
-                    rewards,
-                    values[:-1],
-                    values[1:],
-                    batch.terminated,
-                    batch.truncated,
-                    a.gamma,
-                    a.gae_lambda,
+                batch = collect(
+                    env_state, agent.actor, cfg.algo.steps_per_env, agent.obs_normalizer, device
                 )
-                adv = adv[valid]
-                if a.normalize_advantages:
-                    adv = advantages.normalize(adv)
-                stats = trpo.update(
-                    actor,
-                    critic,
-                    critic_optimizer,
-                    batch.obs[:-1][valid],
-                    batch.actions[valid],
-                    adv,
-                    returns[valid],
-                    values[:-1][valid],
-                    a,
-                )
-                if normalizer is not None:
-                    normalizer.update(batch.raw_obs[valid.cpu().numpy()])
-
-                n = batch.num_transitions
-                global_step += n
-                updates += 1
-                episodes += len(batch.episode_returns)
-                recent_returns.extend(batch.episode_returns)
-                recent_lengths.extend(batch.episode_lengths)
+                stats = learn_from_batch(agent, batch, cfg.algo, device)
+                progress.advance(batch)
                 now = time.perf_counter()
-                record = UpdateRecord(
-                    update=updates,
-                    env_steps=global_step,
-                    episode_return=float(np.mean(recent_returns))
-                    if recent_returns
-                    else float("nan"),
-                    episode_length=float(np.mean(recent_lengths))
-                    if recent_lengths
-                    else float("nan"),
-                    episodes=episodes,
+                record = UpdateRecord.of(
+                    progress,
+                    stats,
                     time_s=now - start,
-                    steps_per_s=n / max(now - t0, 1e-9),
-                    stats=stats,
+                    steps_per_s=batch.num_transitions / max(now - t0, 1e-9),
                 )
                 history.append(record)
-                curve.write(record)
-                if updates % cfg.train.checkpoint_every == 0:
-                    checkpoint()
+                curve.write(record.row())
+                if progress.updates % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(
+                        run_dir / CHECKPOINT, checkpoint_of(agent, progress, run_config)
+                    )
                     # Episodes in flight are cut here (the batch end already bootstrapped them
                     # like a truncation) and every env restarts from a seed of (seed, updates):
                     # a run resumed from this checkpoint continues bit-identically.
-                    env_state = EnvState.reset(envs, _env_seed(cfg.seed, updates))
-                    if reward_scaler is not None:
-                        reward_scaler.restart()
-                bar.update(min(global_step, cfg.train.total_steps) - bar.n)
+                    env_state = EnvState.reset(envs, _env_seed(cfg.seed, progress.updates))
+                    if agent.reward_scaler is not None:
+                        agent.reward_scaler.restart()
+                bar.update(min(progress.global_step, cfg.train.total_steps) - bar.n)
                 bar.set_postfix(
                     ret=f"{record.episode_return:.1f}", kl=f"{stats.kl:.4f}", refresh=False
                 )
                 for callback in callbacks:
                     callback(record)
-        finally:
-            bar.close()
-            curve.close()
-        checkpoint()
+        save_checkpoint(run_dir / CHECKPOINT, checkpoint_of(agent, progress, run_config))
     finally:
         envs.close()
-
     wall = time.perf_counter() - start
+    return _finish(run_dir, progress, history, wall, progress.global_step - start_step)
+
+
+def _start(agent: Agent, cfg: RunConfig) -> Progress:
+    """Where the run starts: at zero, or where the checkpoint ``cfg.resume`` left it (which
+    is loaded into ``agent``)."""
+    if cfg.resume is None:
+        return Progress()
+    path = Path(cfg.resume)
+    checkpoint = load_checkpoint(path)
+    check_resumable(checkpoint, cfg, path)
+    return restore(agent, checkpoint)
+
+
+def _write_config(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Write ``cfg`` into ``run_dir``; returns the config its checkpoints record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / CONFIG, yaml.safe_dump(engine_dict(cfg), sort_keys=False))
+    # What the checkpoint records is the run, not how it was launched: a run resumed after
+    # a kill then writes the same bytes as one that was never interrupted.
+    return engine_dict(dataclasses.replace(cfg, resume=None, overwrite=False))
+
+
+def _env_seed(seed: int, updates: int) -> int:
+    # A fresh stream per (seed, update count), so envs restarted at a checkpoint boundary
+    # (and a run resumed there) get the same seeds.
+    return int(np.random.SeedSequence([seed, updates]).generate_state(1)[0])
+
+
+def _progress_bar(cfg: RunConfig, global_step: int) -> tqdm:
+    """Env steps towards ``total_steps`` on stderr, for the person waiting (off with progress)."""
+    return tqdm(
+        total=cfg.train.total_steps,
+        initial=min(global_step, cfg.train.total_steps),
+        unit="step",
+        unit_scale=True,
+        disable=not cfg.train.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc=cfg.name,
+    )
+
+
+def _finish(
+    run_dir: Path, progress: Progress, history: list[UpdateRecord], wall: float, steps: int
+) -> TrainResult:
+    """The run's result, also written to TRAIN_METRICS; ``steps`` were taken in ``wall`` s."""
     result = TrainResult(
         run_dir=run_dir,
         checkpoint=run_dir / CHECKPOINT,
-        env_steps=global_step,
-        updates=updates,
+        env_steps=progress.global_step,
+        updates=progress.updates,
         episode_return=history[-1].episode_return if history else float("nan"),
         wall_time_s=wall,
-        steps_per_s=(global_step - start_step) / wall if wall > 0 else 0.0,
+        steps_per_s=steps / wall if wall > 0 else 0.0,
         history=history,
     )
     _write_json(
@@ -277,50 +421,6 @@ def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) 
         },
     )
     return result
-
-
-class _CurveWriter:
-    """Appends learning-curve rows to a CSV, flushed per update so a crash loses at most one."""
-
-    def __init__(self, path: Path, *, append: bool) -> None:
-        self.file = path.open("a" if append else "w", newline="")
-        self.writer: csv.DictWriter | None = None
-        self.header_written = append
-
-    def write(self, record: UpdateRecord) -> None:
-        row = record.row()
-        if self.writer is None:
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            if not self.header_written:
-                self.writer.writeheader()
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _open_curve(path: Path, keep_updates: int) -> _CurveWriter:
-    """Start the learning curve; on resume keep the rows up to the checkpoint's update.
-
-    Rows written after the checkpoint (and a row cut short by a kill) are dropped, by writing
-    the kept rows to a temporary file that replaces the old one.
-    """
-    if not (keep_updates and path.exists()):
-        return _CurveWriter(path, append=False)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        rows = [
-            r
-            for r in reader
-            if None not in r.values() and r["update"].isdigit() and int(r["update"]) <= keep_updates
-        ]
-    with atomic_output(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return _CurveWriter(path, append=True)
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:

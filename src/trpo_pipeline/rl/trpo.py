@@ -30,8 +30,8 @@ from trpo_pipeline.rl.config import AlgoConfig
 
 
 @dataclass(frozen=True)
-class UpdateStats:
-    """What one TRPO update did; logged per update."""
+class PolicyStats:
+    """What the policy step of one TRPO update did (:func:`policy_step`)."""
 
     surrogate_before: float  # L(theta_old), includes the entropy bonus
     surrogate_after: float  # L(theta_new); equal to before when no step was taken
@@ -43,8 +43,47 @@ class UpdateStats:
     step_size: float  # alpha = sqrt(2 delta / s^T F s) of the full step
     grad_norm: float  # ||g||
     entropy: float  # mean policy entropy before the step
+
+    @classmethod
+    def no_step(
+        cls, surrogate: float, entropy: float, skipped: str, cg_residual: float, grad_norm: float
+    ) -> PolicyStats:
+        """A policy step that left the parameters as they were, for the reason ``skipped``."""
+        return cls(
+            surrogate_before=surrogate,
+            surrogate_after=surrogate,
+            kl=0.0,
+            line_search_steps=0,
+            line_search_accepted=False,
+            skipped=skipped,
+            cg_residual=cg_residual,
+            step_size=0.0,
+            grad_norm=grad_norm,
+            entropy=entropy,
+        )
+
+
+@dataclass(frozen=True)
+class UpdateStats(PolicyStats):
+    """What one TRPO update did, the policy step and the critic; logged per update.
+
+    The inherited fields come first, so ``dataclasses.asdict`` gives the learning curve's
+    columns in this order: the policy step's, then the critic's.
+    """
+
     value_loss: float  # critic MSE, mean over the last fitting epoch
     explained_variance: float  # 1 - Var(R - V) / Var(R) of the critic before fitting
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """The flat batch one update learns from: B real transitions (autoreset steps left out)."""
+
+    obs: torch.Tensor  # [B, obs_dim], as the networks see them
+    actions: torch.Tensor  # [B] (Discrete) or [B, act_dim] (Box)
+    advantages: torch.Tensor  # [B] A_hat, GAE (normalised if enabled)
+    returns: torch.Tensor  # [B] lambda-returns, the critic's regression targets
+    values: torch.Tensor  # [B] V(s) before the update, for the explained variance
 
 
 # --- flat parameter helpers -----------------------------------------------------------------
@@ -163,22 +202,6 @@ def surrogate(
     return objective
 
 
-@dataclass(frozen=True)
-class PolicyStep:
-    """The outcome of :func:`policy_step` (the policy half of :class:`UpdateStats`)."""
-
-    surrogate_before: float
-    surrogate_after: float
-    kl: float
-    line_search_steps: int
-    line_search_accepted: bool
-    skipped: str
-    cg_residual: float
-    step_size: float
-    grad_norm: float
-    entropy: float
-
-
 def line_search(
     actor: nn.Module,
     evaluate: Callable[[], tuple[float, float]],
@@ -211,13 +234,25 @@ def line_search(
     return False, steps, surrogate_old, 0.0
 
 
+def fisher_states(obs: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The states the Fisher-vector products average over: all, or a random ``fraction``.
+
+    The Fisher is an average over states; a random subset estimates it at a fraction of the
+    cost of every product (the trust-region check still uses the full batch).
+    """
+    if fraction < 1.0:
+        keep = max(2, int(fraction * obs.shape[0]))
+        return obs[torch.randperm(obs.shape[0])[:keep]]
+    return obs
+
+
 def policy_step(
     actor: nn.Module,
     obs: torch.Tensor,
     actions: torch.Tensor,
     advantages: torch.Tensor,
     cfg: AlgoConfig,
-) -> PolicyStep:
+) -> PolicyStats:
     """One natural-gradient step of the actor inside the KL trust region."""
     params = list(actor.parameters())
     with torch.no_grad():
@@ -231,29 +266,18 @@ def policy_step(
     L_old = loss(actor(obs))
     g = flat_grad(L_old, params)
     L_old_value = float(L_old.detach())
-
-    def skip(reason: str, residual: float = 0.0, grad_norm: float = 0.0) -> PolicyStep:
-        return PolicyStep(
-            L_old_value, L_old_value, 0.0, 0, False, reason, residual, 0.0, grad_norm, entropy
-        )
-
     grad_norm = float(g.norm())
     if not math.isfinite(grad_norm):
-        return skip("non-finite gradient", grad_norm=grad_norm)
+        return PolicyStats.no_step(L_old_value, entropy, "non-finite gradient", 0.0, grad_norm)
     if grad_norm == 0.0:
-        return skip("zero gradient")
+        return PolicyStats.no_step(L_old_value, entropy, "zero gradient", 0.0, 0.0)
 
-    fvp_obs = obs
-    if cfg.fvp_subsample < 1.0:
-        # The Fisher is an average over states; a random subset estimates it at a fraction of
-        # the cost of every product (the trust-region check below still uses the full batch).
-        keep = max(2, int(cfg.fvp_subsample * obs.shape[0]))
-        fvp_obs = obs[torch.randperm(obs.shape[0])[:keep]]
-    Fv = fisher_vector_product(actor, fvp_obs, cfg.cg_damping)
-    s, residual = conjugate_gradient(Fv, g, cfg.cg_iters)
+    Fv = fisher_vector_product(actor, fisher_states(obs, cfg.fvp_subsample), cfg.cg_damping)
+    s, residual = conjugate_gradient(Fv, g, cfg.cg_iters)  # s ~ F^-1 g
     sFs = float(s @ Fv(s))
     if not math.isfinite(sFs) or sFs <= 0.0:
-        return skip("non-positive or non-finite curvature", residual, grad_norm)
+        bad = "non-positive or non-finite curvature"
+        return PolicyStats.no_step(L_old_value, entropy, bad, residual, grad_norm)
     alpha = math.sqrt(2.0 * cfg.max_kl / sFs)
 
     def evaluate() -> tuple[float, float]:
@@ -271,8 +295,17 @@ def policy_step(
         cfg.line_search_steps,
         cfg.line_search_shrink,
     )
-    return PolicyStep(
-        L_old_value, L_new, kl, tried, accepted, "", residual, alpha, grad_norm, entropy
+    return PolicyStats(
+        surrogate_before=L_old_value,
+        surrogate_after=L_new,
+        kl=kl,
+        line_search_steps=tried,
+        line_search_accepted=accepted,
+        skipped="",
+        cg_residual=residual,
+        step_size=alpha,
+        grad_norm=grad_norm,
+        entropy=entropy,
     )
 
 
@@ -313,15 +346,17 @@ def update(
     actor: nn.Module,
     critic: nn.Module,
     critic_optimizer: Adam,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    values: torch.Tensor,
+    batch: TrainingBatch,
     cfg: AlgoConfig,
 ) -> UpdateStats:
-    """One TRPO update on a flat batch of real transitions: the policy step, then the critic."""
-    step = policy_step(actor, obs, actions, advantages, cfg)
-    ev = explained_variance(values, returns)
-    value_loss = fit_critic(critic, critic_optimizer, obs, returns, cfg.vf_epochs, cfg.vf_minibatch)
+    """One TRPO update on a flat batch of real transitions: the policy step, then the critic.
+
+    The order is the order of the random draws (the Fisher subsample, then the critic's
+    minibatches), which a resumed run repeats.
+    """
+    step = policy_step(actor, batch.obs, batch.actions, batch.advantages, cfg)
+    ev = explained_variance(batch.values, batch.returns)
+    value_loss = fit_critic(
+        critic, critic_optimizer, batch.obs, batch.returns, cfg.vf_epochs, cfg.vf_minibatch
+    )
     return UpdateStats(**dataclasses.asdict(step), value_loss=value_loss, explained_variance=ev)
