@@ -72,9 +72,8 @@ def check_server_access(uri: str, experiment: str) -> None:
         if status == 401:
             raise refused(uri, user, unauthenticated(user)) from None
         if status == 403:
-            raise refused(
-                uri, user, f"permission denied (HTTP 403) to read or create {experiment!r}"
-            ) from None
+            what = f"permission denied (HTTP 403) to read or create experiment {experiment!r}"
+            raise refused(uri, user, what) from None
         if is_outage(err):
             return
         raise ConfigError(
