@@ -1,9 +1,9 @@
 """A team's tracking server: a real `mlflow server --app-name basic-auth` (deploy/mlflow-auth.ini,
 as `make team-server` runs it), users created through its API, permissions granted by an
 experiment's owner. Who may write records runs under their own name; a refusal (wrong password,
-unknown user, read-only user, no credentials) stops trpo-train, the DVC train stage and
-trpo-tune in one line before anything is written; the read-only user still reports and
-reproduces; no password reaches a file, a run, an artifact, a trial or the terminal.
+unknown user, read-only user, a user without a grant, no credentials) stops trpo-train, the DVC
+train stage and trpo-tune in one line before anything is written; the read-only user still
+reports and reproduces; no password reaches a file, a run, an artifact, a trial or the terminal.
 
 One server for the whole module. Without one (it cannot start here) the tests skip, unless CI
 is set: there they fail.
@@ -35,6 +35,7 @@ PASSWORDS = {  # each appears nowhere else: searched for, byte by byte
     "alice": "Pw-Alice-3Fq8Zr",  # the experiment's owner (it creates it: MANAGE)
     "carol": "Pw-Carol-9Kd2Wm",  # granted EDIT by alice
     "bob": "Pw-Bob-5Hn7Yc1",  # granted READ by alice
+    "dave": "Pw-Dave-2Tg6Vs",  # granted nothing: NO_PERMISSIONS (deploy/mlflow-auth.ini)
 }
 EXPERIMENT = "team"
 # A tiny training: 2 updates of 256 steps, a 16-unit policy and critic.
@@ -239,11 +240,17 @@ REFUSALS = {  # user, password in the environment, what the line says
         PASSWORDS["bob"],
         f"refused user 'bob': may not write to experiment '{EXPERIMENT}'",
     ),
+    "no grant": (
+        "dave",
+        PASSWORDS["dave"],
+        "refused user 'dave': permission denied (HTTP 403) to read or create experiment "
+        f"'{EXPERIMENT}'",
+    ),
     "no credentials": (None, None, "refused a request without credentials: not authenticated"),
 }
 
 
-@pytest.mark.slow  # 13 refused commands, a few seconds each
+@pytest.mark.slow  # 17 refused commands, a few seconds each
 def test_refusals_stop_every_command_before_training_and_change_nothing(server, tmp_path) -> None:
     work = new_work(tmp_path / "work")
     # the DVC train stage reads params.yaml: the team server, the tiny budget
@@ -279,7 +286,7 @@ def test_refusals_stop_every_command_before_training_and_change_nothing(server, 
     assert done.returncode == 2 and PASSWORDS["bob"] not in done.stdout + done.stderr
     assert "http://alice:***@127.0.0.1" in done.stderr and "not authenticated" in done.stderr
     assert snapshot(work) == before
-    assert tried + 1 == 14  # 4 cases x 3 commands, a multirun, a password in the URI
+    assert tried + 1 == 17  # 5 cases x 3 commands, a multirun, a password in the URI
     assert len(runs_of(server)) == runs_before  # nothing reached the server either
 
 
