@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import imageio.v2 as imageio
 import pytest
 import yaml
 
@@ -101,6 +102,11 @@ def test_repro_runs_train_evaluate_report_once(pipeline: dict[str, Any]) -> None
     assert json.loads((repo / "outputs/train/train_metrics.json").read_text())["env_steps"] >= 2048
     assert (repo / "outputs/report/report.html").is_file()
     assert (repo / "outputs/train/checkpoint.pt").is_file()
+    # evaluate.video_episodes=1 by default: episode 0, one frame per step, shown in the report
+    with imageio.get_reader(repo / "outputs/eval/video/episode-0.mp4") as reader:
+        assert sum(1 for _ in reader) == evaluation["lengths"][0]
+    assert "<video controls" in (repo / "outputs/report/report.html").read_text()
+    assert "(video/" in (repo / "outputs/report/report.md").read_text()
 
     again = run([DVC, "repro"], repo, env)
     assert ran_stages(again.stdout) == []
@@ -125,6 +131,8 @@ def test_repro_records_one_mlflow_run(pipeline: dict[str, Any]) -> None:
     artifacts = {a.path for a in client.list_artifacts(run_id, "config")}
     assert {"config/params.yaml", "config/dvc.lock", "config/config.yaml"} <= artifacts
     assert "report/report.html" in {a.path for a in client.list_artifacts(run_id, "report")}
+    videos = {a.path for a in client.list_artifacts(run_id, "video")}
+    assert videos == {"video/episode-0.mp4", "video/episode-0.png"}
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 MODEL_NAME = "policy"
+VIDEO_ARTIFACTS = "video"  # the evaluation's MP4s and posters (the MLflow UI previews MP4)
 # Text files uploaded as artifacts are masked first (params.yaml, dvc.lock may hold a URI).
 _TEXT_ARTIFACTS = frozenset({".yaml", ".yml", ".json", ".lock", ".md", ".txt", ".csv", ".html"})
 
