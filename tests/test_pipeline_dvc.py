@@ -133,6 +133,12 @@ def test_repro_records_one_mlflow_run(pipeline: dict[str, Any]) -> None:
     assert "report/report.html" in {a.path for a in client.list_artifacts(run_id, "report")}
     videos = {a.path for a in client.list_artifacts(run_id, "video")}
     assert videos == {"video/episode-0.mp4", "video/episode-0.png"}
+    # the policy is version 1 of trpo-CartPole-v1, and the champion
+    champion = client.get_model_version_by_alias("trpo-CartPole-v1", "champion")
+    assert champion.run_id == run_id and str(champion.version) == "1"
+    assert champion.tags["eval/mean_return"] == repr(only.data.metrics["eval/mean_return"])
+    assert champion.tags["git_commit"] == only.data.tags["git_commit"]
+    assert "registry: trpo-CartPole-v1 version 1 (return " in pipeline["first"].stdout
 
 
 @pytest.mark.slow

@@ -324,9 +324,13 @@ def test_provenance_and_run_links(store: Store, written: Path):
     provenance = _section((written / "report.html").read_text(), "provenance")
     for rid in store.small_kl + store.large_kl:
         assert re.search(
-            rf'href="http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{rid}"', provenance
+            rf'href="http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{rid}'
+            rf'\?workflowType=machine_learning"',
+            provenance,
         )
     assert f"mlflow ui --backend-store-uri {store.uri}" in provenance
+    cartpole = MlflowClient(store.uri).get_experiment_by_name("trpo-cartpole").experiment_id
+    assert f"5000/#/experiments/{cartpole}?workflowType=machine_learning" in provenance
     # tags that vary get a column; those every run shares are listed once above the table
     for tag in ("dvc_exp_name", "config_hash", "seed"):
         assert f"<th>{tag}</th>" in provenance
@@ -343,7 +347,10 @@ def test_http_store_links_into_its_own_ui(store: Store):
     run = report.load_runs(store.uri, store.small_kl[:1])[0]
     url = report.run_url("https://user:secret@mlflow.example.org:8443/", run)
     exp = client.get_run(store.small_kl[0]).info.experiment_id
-    assert url == f"https://mlflow.example.org:8443/#/experiments/{exp}/runs/{run.run_id}"
+    assert url == (
+        f"https://mlflow.example.org:8443/#/experiments/{exp}/runs/{run.run_id}"
+        "?workflowType=machine_learning"
+    )
     assert report.ui_command("https://mlflow.example.org") is None
 
 

@@ -20,7 +20,7 @@ from trpo_pipeline.report.figures import (
     trust_region_figure,
 )
 from trpo_pipeline.report.groups import ConfigGroup, group_runs, varying_run_specific
-from trpo_pipeline.report.links import LOCAL_UI, ui_command
+from trpo_pipeline.report.links import LOCAL_UI, experiment_url, ui_command
 from trpo_pipeline.report.render import Clip, Section, html_page, markdown
 from trpo_pipeline.report.runs import ReportError, load_runs
 from trpo_pipeline.report.tables import (
@@ -154,15 +154,19 @@ def table_sections(groups: Sequence[ConfigGroup], tracking_uri: str) -> list[Sec
         )
     )
     command = ui_command(tracking_uri)
+    tables_of_runs = ", ".join(
+        experiment_url(tracking_uri, e) for e in dict.fromkeys(r.experiment_id for r in runs)
+    )
     sections.append(
         Section(
             "provenance",
             "Runs and provenance",
             (
-                f"Run links point into the local MLflow UI ({LOCAL_UI}); start it on this "
-                "store with:"
+                f"Run links point into the local MLflow UI ({LOCAL_UI}; the runs: "
+                f"{tables_of_runs}); start it on this store with:"
                 if command
-                else f"Run links point into the MLflow server at {mask(tracking_uri)}."
+                else f"Run links point into the MLflow server at {mask(tracking_uri)} (the "
+                f"runs: {tables_of_runs})."
             ),
             tables=[("", provenance_table(groups, tracking_uri))],
             code=command,

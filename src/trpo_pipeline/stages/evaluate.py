@@ -44,18 +44,21 @@ def evaluate_stage(cfg: Config, params: Path) -> None:
         TRAIN_RUN_REF,
         TRAIN_DIR,
         params_file=params,
-        tags={"launcher": "dvc"},
+        tags={"launcher": "dvc", **tracking.source_tags("dvc stage evaluate")},
         folder=EVAL_DIR,
     )
     with tracking.recording(run):
         tracking.log_evaluation(run, result, EVAL_DIR / EVAL_METRICS)
         run.log_artifacts(EVAL_VIDEO_DIR, VIDEO_ARTIFACTS)
         run.log_artifact(DVC_LOCK, "config")
+        registration = tracking.register_evaluation(run, cfg, result)
         run.write_ref(EVAL_RUN_REF)
     print(
         f"evaluate: return {result.mean_return:.1f} +- {result.std_return:.1f} over "
         f"{result.episodes} episodes"
     )
+    if registration is not None:
+        print(registration.line())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from trpo_pipeline.tracking.artifacts import log_policy_model, upload_artifact
 from trpo_pipeline.tracking.parents import PARENT_TAG
 from trpo_pipeline.tracking.pending import PENDING, Pending
 from trpo_pipeline.tracking.records import flatten_config, provenance_tags, update_metrics
+from trpo_pipeline.tracking.registry import Registration, register_policy
 from trpo_pipeline.tracking.store import (
     is_outage,
     mlflow_client,
@@ -196,6 +197,18 @@ class TrackedRun:
         return self._call(
             lambda: log_policy_model(self.uri, self.run_id, checkpoint, cfg.env.id),
             lambda marker: marker.set_model(Path(checkpoint), cfg.env.id),
+        )
+
+    def register_policy(
+        self, env_id: str, mean_return: float, tags: Mapping[str, str]
+    ) -> Registration | None:
+        """Register this run's policy model (registry.py); None offline or without a model.
+        Not noted for trpo-sync: a later pipeline execution registers its own."""
+        return self._call(
+            lambda: register_policy(
+                self.client, self.run_id, self.experiment_id, env_id, mean_return, tags
+            ),
+            lambda marker: False,
         )
 
     def set_tag(self, key: str, value: str) -> None:

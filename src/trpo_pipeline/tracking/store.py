@@ -137,13 +137,6 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path("/" + path.lstrip("/"))
 
 
-def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
-    """The one command that opens the MLflow UI on this store (on this machine only)."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {mask(uri)} in a browser"
-    return f"{mlflow_bin} ui --backend-store-uri {mask(uri)} --host 127.0.0.1"
-
-
 def is_locked(err: BaseException) -> bool:
     return any(s in str(err) for s in _LOCKED)
 
