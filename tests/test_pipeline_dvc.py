@@ -9,6 +9,7 @@ params.yaml must be what composing conf/ gives (what `dvc exp run` would write).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,14 @@ def test_repro_runs_train_evaluate_report_once(pipeline: dict[str, Any]) -> None
         assert sum(1 for _ in reader) == evaluation["lengths"][0]
     assert "<video controls" in (repo / "outputs/report/report.html").read_text()
     assert "(video/" in (repo / "outputs/report/report.md").read_text()
+    # a quiet terminal: no third-party warnings, progress bars or INFO lines
+    output = pipeline["first"].stdout + pipeline["first"].stderr
+    noise = [
+        line
+        for line in output.splitlines()
+        if re.search(r"Warning|Downloading artifacts| INFO |\x1b\[", line)
+    ]
+    assert noise == [], noise
 
     again = run([DVC, "repro"], repo, env)
     assert ran_stages(again.stdout) == []

@@ -7,7 +7,6 @@ embeds them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from trpo_pipeline.report.runs import RunData
 from trpo_pipeline.rl.run_files import VIDEO_DIR
 from trpo_pipeline.tracking.artifacts import VIDEO_ARTIFACTS
+from trpo_pipeline.tracking.store import quiet_mlflow
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,8 @@ def fetch_videos(tracking_uri: str, runs: Sequence[RunData], out_dir: Path) -> l
     """Download every run's MP4s (and posters) into ``out_dir/video/<run id>/``."""
     from mlflow import MlflowClient  # deferred like every MLflow import of the report
 
+    quiet_mlflow()  # no progress bar per download
     client = MlflowClient(tracking_uri=tracking_uri)
-    # MLflow draws a progress bar per download: noise in a stage's output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     shutil.rmtree(out_dir / VIDEO_DIR, ignore_errors=True)  # an earlier report's
     found = []
     for run in runs:

@@ -36,6 +36,7 @@ from trpo_pipeline.tracking.store import (
     resolve_tracking_uri,
     warn_unreachable,
 )
+from trpo_pipeline.tracking.system_metrics import start_monitor
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -69,6 +70,7 @@ class TrackedRun:
     _curve: Path | None = field(default=None, repr=False)  # the CSV holding the train/* rows
     _creation: dict[str, Any] = field(default_factory=dict, repr=False)
     _marker: Pending | None = field(default=None, repr=False)
+    _monitor: Any = field(default=None, repr=False)  # MLflow's system metrics monitor
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +121,7 @@ class TrackedRun:
         if self.offline:
             return
         self.offline = True
+        self._monitor = None  # its thread ends at its next failing call, without a word
         where = f" in {self.folder}" if self.folder is not None else ""
         hint = (
             f"push them later with: trpo-sync {self.folder}"
@@ -230,7 +233,17 @@ class TrackedRun:
             ref["pending_sync"] = PENDING
         atomic_write(path, json.dumps(ref, indent=2) + "\n")
 
+    def watch_system(self, *, resume: bool = False) -> None:
+        """Record the machine's CPU, memory, disk and network use until :meth:`finish`."""
+        if self.online and self._monitor is None:
+            self._monitor = self._call(
+                lambda: start_monitor(self.uri, self.run_id, resume=resume), lambda m: False
+            )
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()  # its last samples, before the run is closed
         if self.enabled:
             self.flush()
             end = int(time.time() * 1000)
@@ -289,6 +302,8 @@ def start_run(
     ]
     for batch in batches:
         run._call(lambda b=batch: run.client.log_batch(run.run_id, params=b), lambda m: False)
+    if cfg.tracking.system_metrics:
+        run.watch_system()
     return run
 
 
@@ -324,6 +339,8 @@ def reopen_run(cfg: Config, ref: Path, *, folder: Path | None = None) -> Tracked
         tracked.go_offline(err)
         return tracked
     tracked.experiment_id = run.info.experiment_id
+    if cfg.tracking.system_metrics:
+        tracked.watch_system(resume=True)
     return tracked
 
 
