@@ -78,3 +78,18 @@ def test_mujoco_renders_headless(tmp_path, tiny_config):
     frames = decoded_frames(tmp_path / "video" / "episode-0.mp4")
     assert len(frames) == 5
     assert frames[0].std() > 0  # a rendered scene, not a blank image
+
+
+@pytest.mark.slow
+def test_trpo_evaluate_records_a_mujoco_video(tmp_path, run_cli):
+    # A fresh process with no display: MUJOCO_GL=egl is the package's default.
+    tiny = ["experiment=halfcheetah", "train.total_steps=256", "algo.steps_per_update=128",
+            "train.progress=false", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    (trained,) = run_cli(("trpo-train", [*tiny, "tracking.enabled=false"], tmp_path))
+    assert trained.returncode == 0, trained.stderr
+    (evaluated,) = run_cli(
+        ("trpo-evaluate", [*tiny, "evaluate.episodes=1", "evaluate.video_max_frames=10"], tmp_path)
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    frames = decoded_frames(tmp_path / "run" / "video" / "episode-0.mp4")
+    assert len(frames) == 10 and frames[0].std() > 0
