@@ -17,6 +17,7 @@ SAMPLING_INTERVAL_S = 1.0
 def start_monitor(uri: str, run_id: str, *, resume: bool) -> Any:
     """A started monitor of run ``run_id`` (``finish()`` it); ``resume`` continues the steps of
     a run that already has system metrics (a later stage)."""
+    # Deferred like every MLflow import: a bad command line ends before it.
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     # Its INFO lines (started, stopped, no GPU) and its warnings when the store goes away are
