@@ -43,7 +43,8 @@ def runs(tmp_path_factory, run_cli):
     run_dir = single / "runs" / "tiny" / "seed0"
     checkpoint_before = (run_dir / "checkpoint.pt").read_bytes() if train.returncode == 0 else b""
     evaluate, again = run_cli(
-        ("trpo-evaluate", [*tiny, "evaluate.episodes=2"], single), ("trpo-train", tiny, single)
+        ("trpo-evaluate", [*tiny, "evaluate.episodes=2", "evaluate.video_episodes=2"], single),
+        ("trpo-train", tiny, single),
     )
     return {
         "train": train,
@@ -71,6 +72,9 @@ def test_evaluate_writes_eval_metrics(runs):
     assert metrics["episodes"] == 2 and len(metrics["returns"]) == 2
     assert metrics["checkpoint"] == str(run_dir / "checkpoint.pt")
     assert outputs(result.stdout) == [run_dir / "eval_metrics.json"]
+    assert f"videos: {run_dir / 'video'}" in result.stdout.splitlines()
+    videos = sorted(p.name for p in (run_dir / "video").glob("*.mp4"))
+    assert videos == ["episode-0.mp4", "episode-1.mp4"]
 
 
 def test_training_again_into_the_same_folder_fails_and_keeps_the_results(runs):

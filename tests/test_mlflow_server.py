@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, TINY, command_env, new_store, run
+from pipeline_support import BIN, TINY, command_env, mlflow_server, new_store, run
 from trpo_pipeline import tracking
 
 
@@ -63,51 +59,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(recorded: dict[str, Any]) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 and a free port, on that store; stopped afterwards."""
-    port = free_port()
-    log = (recorded["tmp"] / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            recorded["uri"],
-            "--artifacts-destination",
-            str(recorded["tmp"] / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=recorded["tmp"],
-        env=command_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers form one process group, stopped together
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (recorded["tmp"] / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not come up in 180 s"
-            time.sleep(1)
+    with mlflow_server(recorded["uri"], recorded["tmp"]) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

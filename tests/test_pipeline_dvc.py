@@ -9,10 +9,12 @@ params.yaml must be what composing conf/ gives (what `dvc exp run` would write).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import imageio.v2 as imageio
 import pytest
 import yaml
 
@@ -101,6 +103,19 @@ def test_repro_runs_train_evaluate_report_once(pipeline: dict[str, Any]) -> None
     assert json.loads((repo / "outputs/train/train_metrics.json").read_text())["env_steps"] >= 2048
     assert (repo / "outputs/report/report.html").is_file()
     assert (repo / "outputs/train/checkpoint.pt").is_file()
+    # evaluate.video_episodes=1 by default: episode 0, one frame per step, shown in the report
+    with imageio.get_reader(repo / "outputs/eval/video/episode-0.mp4") as reader:
+        assert sum(1 for _ in reader) == evaluation["lengths"][0]
+    assert "<video controls" in (repo / "outputs/report/report.html").read_text()
+    assert "(video/" in (repo / "outputs/report/report.md").read_text()
+    # a quiet terminal: no third-party warnings, progress bars or INFO lines
+    output = pipeline["first"].stdout + pipeline["first"].stderr
+    noise = [
+        line
+        for line in output.splitlines()
+        if re.search(r"Warning|Downloading artifacts| INFO |\x1b\[", line)
+    ]
+    assert noise == [], noise
 
     again = run([DVC, "repro"], repo, env)
     assert ran_stages(again.stdout) == []
@@ -125,6 +140,14 @@ def test_repro_records_one_mlflow_run(pipeline: dict[str, Any]) -> None:
     artifacts = {a.path for a in client.list_artifacts(run_id, "config")}
     assert {"config/params.yaml", "config/dvc.lock", "config/config.yaml"} <= artifacts
     assert "report/report.html" in {a.path for a in client.list_artifacts(run_id, "report")}
+    videos = {a.path for a in client.list_artifacts(run_id, "video")}
+    assert videos == {"video/episode-0.mp4", "video/episode-0.png"}
+    # the policy is version 1 of trpo-CartPole-v1, and the champion
+    champion = client.get_model_version_by_alias("trpo-CartPole-v1", "champion")
+    assert champion.run_id == run_id and str(champion.version) == "1"
+    assert champion.tags["eval/mean_return"] == repr(only.data.metrics["eval/mean_return"])
+    assert champion.tags["git_commit"] == only.data.tags["git_commit"]
+    assert "registry: trpo-CartPole-v1 version 1 (return " in pipeline["first"].stdout
 
 
 @pytest.mark.slow

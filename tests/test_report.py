@@ -7,14 +7,8 @@ names (synthetic values: what is under test is the report, not training).
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import json
 import math
-import os
 import re
-import select
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from browser import browser_page
 from trpo_pipeline import report
 from trpo_pipeline.cli.report import main as report_main
 from trpo_pipeline.report import (
@@ -37,6 +32,7 @@ from trpo_pipeline.report import (
     t_quantile_975,
     write_report,
 )
+from trpo_pipeline.rl.video import record_episode
 
 UPDATES = 30
 STEPS_PER_UPDATE = 2048
@@ -173,6 +169,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         )
         small.append(rid)
         evals[rid] = (mean, std)
+    # An evaluation video on the first run: 20 CartPole frames, as the evaluate stage logs it.
+    clip = record_episode("CartPole-v1", 0, [0, 1] * 10, root / "clip", episode=0, max_frames=20)
+    client.log_artifacts(small[0], str(clip.path.parent), "video")
     parent = client.create_run(cartpole, run_name="multirun", tags={"sweep": "kl"}).info.run_id
     large = []
     for seed, (mean, std) in enumerate([(500.0, 0.0), (471.4, 30.2)]):
@@ -264,7 +263,7 @@ def test_report_files_and_figures(written: Path):
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
     markdown = (written / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert sorted(linked) == sorted(report.FIGURES)
+    assert sorted(n for n in linked if not n.startswith("video/")) == sorted(report.FIGURES)
     page = (written / "report.html").read_text()
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(report.FIGURES)
@@ -275,6 +274,25 @@ def test_report_files_and_figures(written: Path):
     assert "<script" not in page
     assert not re.search(r'src="(?!data:)', page)
     assert re.findall(r"<link [^>]*>", page) == ['<link rel="icon" href="data:,">']
+
+
+def test_a_run_s_evaluation_video_is_embedded_and_linked(store: Store, written: Path):
+    rid = store.small_kl[0]
+    video = written / "video" / rid / "episode-0.mp4"
+    poster = video.with_suffix(".png")
+    assert video.read_bytes()[4:8] == b"ftyp" and poster.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (written / "video").iterdir()) == [rid]  # runs with a video
+    section = _section((written / "report.html").read_text(), "videos")
+    (tag,) = re.findall(r"<video [^>]*>", section)
+    assert "controls" in tag
+    assert re.search(r'poster="data:image/png;base64,([^"]+)"', tag).group(1) == (
+        base64.b64encode(poster.read_bytes()).decode()
+    )
+    assert re.search(r'src="data:video/mp4;base64,([^"]+)"', tag).group(1) == (
+        base64.b64encode(video.read_bytes()).decode()
+    )
+    markdown = (written / "report.md").read_text()
+    assert f"](video/{rid}/episode-0.png)](video/{rid}/episode-0.mp4)" in markdown
 
 
 def test_evaluation_table_lists_every_run_and_its_numbers(store: Store, written: Path):
@@ -306,9 +324,13 @@ def test_provenance_and_run_links(store: Store, written: Path):
     provenance = _section((written / "report.html").read_text(), "provenance")
     for rid in store.small_kl + store.large_kl:
         assert re.search(
-            rf'href="http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{rid}"', provenance
+            rf'href="http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{rid}'
+            rf'\?workflowType=machine_learning"',
+            provenance,
         )
     assert f"mlflow ui --backend-store-uri {store.uri}" in provenance
+    cartpole = MlflowClient(store.uri).get_experiment_by_name("trpo-cartpole").experiment_id
+    assert f"5000/#/experiments/{cartpole}?workflowType=machine_learning" in provenance
     # tags that vary get a column; those every run shares are listed once above the table
     for tag in ("dvc_exp_name", "config_hash", "seed"):
         assert f"<th>{tag}</th>" in provenance
@@ -325,7 +347,10 @@ def test_http_store_links_into_its_own_ui(store: Store):
     run = report.load_runs(store.uri, store.small_kl[:1])[0]
     url = report.run_url("https://user:secret@mlflow.example.org:8443/", run)
     exp = client.get_run(store.small_kl[0]).info.experiment_id
-    assert url == f"https://mlflow.example.org:8443/#/experiments/{exp}/runs/{run.run_id}"
+    assert url == (
+        f"https://mlflow.example.org:8443/#/experiments/{exp}/runs/{run.run_id}"
+        "?workflowType=machine_learning"
+    )
     assert report.ui_command("https://mlflow.example.org") is None
 
 
@@ -528,156 +553,43 @@ def test_console_script_is_installed(store: Store, tmp_path: Path):
 
 # --- rendering in headless Chromium ----------------------------------------------------------
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-    )
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("CI is set but chromium is not installed (.ci/run installs it with apt-get)")
-    pytest.skip("chromium is not installed (apt-get install chromium); CI requires it")
-
-
-class DevTools:
-    """The Chrome DevTools protocol over --remote-debugging-pipe (fd 3 in, fd 4 out, NUL-framed)."""
-
-    def __init__(self, chromium: str, profile: Path) -> None:
-        to_chrome, self._out = os.pipe()
-        self._in, from_chrome = os.pipe()
-
-        def wire_fds() -> None:  # in the child: the pipe ends become fds 3 and 4
-            read_end = fcntl.fcntl(to_chrome, fcntl.F_DUPFD, 10)
-            write_end = fcntl.fcntl(from_chrome, fcntl.F_DUPFD, 10)
-            os.dup2(read_end, 3)
-            os.dup2(write_end, 4)
-
-        self.process = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe"],
-            preexec_fn=wire_fds,
-            close_fds=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(to_chrome)
-        os.close(from_chrome)
-        self._buffer = b""
-        self._id = 0
-        self.events: list[dict] = []
-
-    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._out, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + 30
-        while True:
-            reply = self._receive(deadline)
-            if reply.get("id") == self._id:
-                assert "error" not in reply, reply
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, method: str) -> dict:
-        deadline = time.monotonic() + 30
-        while not any(e.get("method") == method for e in self.events):
-            self.events.append(self._receive(deadline))
-        return next(e for e in self.events if e.get("method") == method)
-
-    def _receive(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._in], [], [], left)[0]:
-                raise TimeoutError("chromium did not answer within 30 s")
-            chunk = os.read(self._in, 1 << 20)
-            if not chunk:
-                raise EOFError("chromium closed the DevTools pipe")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def close(self) -> None:
-        with contextlib.suppress(EOFError, TimeoutError, OSError):
-            self.call("Browser.close")
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self._in)
-        os.close(self._out)
-
-
-IMAGE_STATES = """JSON.stringify([...document.images].map(img => {
-  const box = img.getBoundingClientRect();
-  return {alt: img.alt, complete: img.complete, naturalWidth: img.naturalWidth,
-          naturalHeight: img.naturalHeight, shownWidth: box.width, shownHeight: box.height};
-}))"""
+MEDIA_STATES = """() => ({
+  images: [...document.images].map(img => {
+    const box = img.getBoundingClientRect();
+    return {alt: img.alt, complete: img.complete, naturalWidth: img.naturalWidth,
+            naturalHeight: img.naturalHeight, shownWidth: box.width, shownHeight: box.height};
+  }),
+  videos: [...document.querySelectorAll("video")].map(v => ({
+    duration: v.duration, readyState: v.readyState, width: v.videoWidth,
+    poster: v.poster.slice(0, 22), controls: v.controls})),
+})"""
 
 
 def test_report_renders_in_headless_chromium(written: Path, tmp_path: Path):
-    browser = DevTools(_chromium(), tmp_path / "profile")
-    try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
-            "sessionId"
-        ]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            browser.call(f"{domain}.enable", session=session)
-        browser.call(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session=session,
-        )
+    problems: list[str] = []
+    fetched: set[str] = set()
+    with browser_page() as page:
+        page.on("console", lambda m: m.type in ("error", "assert") and problems.append(m.text))
+        page.on("pageerror", lambda err: problems.append(str(err)))
+        page.on("requestfailed", lambda r: problems.append(f"failed: {r.url[:80]}"))
+        page.on("request", lambda r: fetched.add(r.url.split(",")[0].split(";")[0]))
         page_url = (written / "report.html").as_uri()
-        browser.call("Page.navigate", {"url": page_url}, session=session)
-        browser.wait_for("Page.loadEventFired")
-        result = browser.call(
-            "Runtime.evaluate", {"expression": IMAGE_STATES, "returnByValue": True}, session=session
+        page.goto(page_url, wait_until="load")
+        # a video's metadata loads after the page's load event
+        page.wait_for_function(
+            "[...document.querySelectorAll('video')].every(v => v.readyState >= 1)"
         )
-        images = json.loads(result["result"]["value"])
-        shot = browser.call(
-            "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True},
-            session=session,
-        )
-        (tmp_path / "screenshot.png").write_bytes(base64.b64decode(shot["data"]))
-    finally:
-        browser.close()
+        media = page.evaluate(MEDIA_STATES)
+        page.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
 
-    problems = [
-        e["params"]
-        for e in browser.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (
-            e.get("method") == "Runtime.consoleAPICalled"
-            and e["params"]["type"] in ("error", "assert")
-        )
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-        or e.get("method") == "Network.loadingFailed"
-    ]
     assert problems == []
-    fetched = {
-        e["params"]["request"]["url"].split(",")[0]
-        for e in browser.events
-        if e.get("method") == "Network.requestWillBeSent"
-    }
-    assert fetched <= {page_url, "data:image/png;base64"}, fetched  # nothing from the network
+    allowed = {page_url, "data:image/png", "data:video/mp4"}
+    assert fetched <= allowed, fetched  # nothing from the network
+    images = media["images"]
     assert len(images) == len(report.FIGURES)
     for img in images:
         assert img["complete"] and img["naturalWidth"] > 0 and img["naturalHeight"] > 0, img
         assert img["shownWidth"] > 600 and img["shownHeight"] > 200, img  # laid out, not hidden
+    (video,) = media["videos"]
+    assert video["duration"] > 0 and video["width"] == 600 and video["controls"], video
+    assert video["poster"] == "data:image/png;base64,", video

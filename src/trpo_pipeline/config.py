@@ -75,6 +75,9 @@ class TrackingConfig:
         "trpo-pipeline", "MLflow experiment the runs go to", check=experiment_name
     )
     log_model: bool = setting(True, "also log the policy as an MLflow pyfunc model")
+    system_metrics: bool = setting(
+        True, "CPU, memory, disk and network use as system/* metrics (MLflow, psutil)"
+    )
 
 
 @dataclass(frozen=True)

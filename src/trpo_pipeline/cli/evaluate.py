@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import CommandLine
 from trpo_pipeline.launch.compose import load_config
 from trpo_pipeline.rl.errors import CheckpointError
-from trpo_pipeline.rl.run_files import CHECKPOINT, EVAL_METRICS
+from trpo_pipeline.rl.run_files import CHECKPOINT, EVAL_METRICS, VIDEO_DIR
 
 PROG = "trpo-evaluate"
 
@@ -28,13 +29,16 @@ def _evaluate_task(dcfg: Any) -> float:
         out = run_dir / EVAL_METRICS
         if out.exists() and not cfg.overwrite:
             raise ConfigError("", f"{out} already exists; pass overwrite=true to replace it")
-        result = evaluate(checkpoint, cfg.evaluate)
+        videos = run_dir / VIDEO_DIR
+        shutil.rmtree(videos, ignore_errors=True)  # videos of an earlier evaluation
+        result = evaluate(checkpoint, cfg.evaluate, video_dir=videos)
         write_eval(result, out)
+        recorded = f"\nvideos: {videos}" if cfg.evaluate.video_episodes else ""
         print(
             f"evaluated {checkpoint} on {result.episodes} episodes: return "
             f"{result.mean_return:.1f} +- {result.std_return:.1f} "
             f"(min {result.min_return:.1f}, max {result.max_return:.1f})\n"
-            f"outputs: {out}"
+            f"outputs: {out}{recorded}"
         )
         return result.mean_return
 

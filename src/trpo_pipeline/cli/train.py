@@ -43,7 +43,7 @@ def _train_task(dcfg: Any) -> float:
             cfg,
             run_name=job_run_name(cfg),
             parent_run_id=parent_run_id(),
-            tags={"launcher": "hydra"},
+            tags={"launcher": "hydra", **tracking.source_tags("trpo-train")},
             folder=run_dir,
         )
         with tracking.recording(run):

@@ -45,7 +45,12 @@ class MlflowParentRun(Callback):
         self.run_id = tracking.start_parent_run(
             self.tracking,
             run_name=f"multirun {overrides}".strip(),
-            tags={"launcher": "hydra-multirun", "sweep": overrides, "sweep_dir": str(sweep_dir)},
+            tags={
+                "launcher": "hydra-multirun",
+                "sweep": overrides,
+                "sweep_dir": str(sweep_dir),
+                **tracking.source_tags("trpo-train -m"),
+            },
         )
         if self.run_id is not None:
             atomic_write(sweep_dir / PARENT_REF, json.dumps({"run_id": self.run_id}) + "\n")

@@ -20,8 +20,8 @@ from trpo_pipeline.report.figures import (
     trust_region_figure,
 )
 from trpo_pipeline.report.groups import ConfigGroup, group_runs, varying_run_specific
-from trpo_pipeline.report.links import LOCAL_UI, ui_command
-from trpo_pipeline.report.render import Section, html_page, markdown
+from trpo_pipeline.report.links import LOCAL_UI, experiment_url, ui_command
+from trpo_pipeline.report.render import Clip, Section, html_page, markdown
 from trpo_pipeline.report.runs import ReportError, load_runs
 from trpo_pipeline.report.tables import (
     common_params_table,
@@ -32,6 +32,7 @@ from trpo_pipeline.report.tables import (
     shared_tags,
     short_tag,
 )
+from trpo_pipeline.report.videos import RunVideo, fetch_videos
 from trpo_pipeline.rl.files import atomic_write
 
 REPORT_HTML = "report.html"
@@ -43,10 +44,35 @@ FIGURES = (LEARNING_CURVES_PNG, TRUST_REGION_PNG, DIAGNOSTICS_PNG)
 
 
 def build_sections(
-    groups: Sequence[ConfigGroup], tracking_uri: str, pngs: Mapping[str, bytes]
+    groups: Sequence[ConfigGroup],
+    tracking_uri: str,
+    pngs: Mapping[str, bytes],
+    videos: Sequence[RunVideo] = (),
 ) -> list[Section]:
-    """The report's sections: its figures, then its tables."""
-    return figure_sections(pngs) + table_sections(groups, tracking_uri)
+    """The report's sections: its figures and videos, then its tables."""
+    return figure_sections(pngs) + video_sections(videos) + table_sections(groups, tracking_uri)
+
+
+def video_sections(videos: Sequence[RunVideo]) -> list[Section]:
+    if not videos:
+        return []
+    clips = [
+        Clip(
+            f"{v.run.run_name or v.run.run_id}: evaluation {v.video.stem.replace('-', ' ')}",
+            v.video.as_posix(),
+            v.poster.as_posix() if v.poster else None,
+        )
+        for v in videos
+    ]
+    return [
+        Section(
+            "videos",
+            "The agent",
+            "The first evaluation episodes of each run (evaluate.video_episodes; episode i is "
+            "seeded evaluate.seed + i), up to evaluate.video_max_frames frames each.",
+            clips=clips,
+        )
+    ]
 
 
 def figure_sections(pngs: Mapping[str, bytes]) -> list[Section]:
@@ -128,15 +154,19 @@ def table_sections(groups: Sequence[ConfigGroup], tracking_uri: str) -> list[Sec
         )
     )
     command = ui_command(tracking_uri)
+    tables_of_runs = ", ".join(
+        experiment_url(tracking_uri, e) for e in dict.fromkeys(r.experiment_id for r in runs)
+    )
     sections.append(
         Section(
             "provenance",
             "Runs and provenance",
             (
-                f"Run links point into the local MLflow UI ({LOCAL_UI}); start it on this "
-                "store with:"
+                f"Run links point into the local MLflow UI ({LOCAL_UI}; the runs: "
+                f"{tables_of_runs}); start it on this store with:"
                 if command
-                else f"Run links point into the MLflow server at {mask(tracking_uri)}."
+                else f"Run links point into the MLflow server at {mask(tracking_uri)} (the "
+                f"runs: {tables_of_runs})."
             ),
             tables=[("", provenance_table(groups, tracking_uri))],
             code=command,
@@ -176,9 +206,15 @@ def write_report(tracking_uri: str, run_ids: list[str], out_dir: Path) -> Path:
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"MLflow tracking store: {mask(tracking_uri)}",
     ]
-    sections = build_sections(groups, tracking_uri, pngs)
-
     out_dir.mkdir(parents=True, exist_ok=True)
+    videos = fetch_videos(tracking_uri, runs, out_dir)
+    media = {
+        path.as_posix(): (out_dir / path).read_bytes()
+        for v in videos
+        for path in (v.video, v.poster)
+        if path is not None
+    }
+    sections = build_sections(groups, tracking_uri, pngs, videos)
     for name in FIGURES:
         path = out_dir / name
         if name in pngs:
@@ -186,4 +222,4 @@ def write_report(tracking_uri: str, run_ids: list[str], out_dir: Path) -> Path:
         elif path.exists():
             path.unlink()  # a figure of an earlier report that this one does not have
     atomic_write(out_dir / REPORT_MD, markdown(title, meta, sections))
-    return atomic_write(out_dir / REPORT_HTML, html_page(title, meta, sections, pngs))
+    return atomic_write(out_dir / REPORT_HTML, html_page(title, meta, sections, pngs, media))

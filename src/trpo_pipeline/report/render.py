@@ -1,7 +1,7 @@
 """HTML and Markdown for the report's sections.
 
-The HTML page is self-contained (figures embedded as base64 PNG, no scripts, nothing fetched);
-the Markdown links the PNG files written beside it.
+The HTML page is self-contained (figures, videos and posters embedded as base64 data URIs, no
+scripts, nothing fetched); the Markdown links the PNG and MP4 files written beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ h1{font-size:26px;margin:0 0 4px} h2{font-size:19px;margin:36px 0 8px;
  border-bottom:1px solid #d8dce3;padding-bottom:4px}
 .meta{color:#5b6475;font-size:13px} .note{color:#5b6475;font-size:13px;margin:4px 0 10px}
 figure{margin:8px 0 20px} figure img{width:100%;height:auto;border:1px solid #e3e6ea}
+figure video{max-width:100%;border:1px solid #e3e6ea}
 figcaption{color:#5b6475;font-size:13px;margin-top:4px}
 .scroll{overflow-x:auto} table{border-collapse:collapse;font-size:13px;margin:6px 0 14px}
 th,td{padding:5px 10px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top;
@@ -79,6 +80,28 @@ def _md_table(table: Table) -> str:
 
 
 @dataclass(frozen=True)
+class Clip:
+    """A video shown in a section: files relative to the report's folder."""
+
+    label: str
+    video: str  # an MP4
+    poster: str | None = None  # a PNG shown before playing
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _html_clip(clip: Clip, media: dict[str, bytes]) -> str:
+    poster = f' poster="{_data_uri("image/png", media[clip.poster])}"' if clip.poster else ""
+    return (
+        f'<figure><video controls preload="metadata"{poster} '
+        f'src="{_data_uri("video/mp4", media[clip.video])}"></video>'
+        f"<figcaption>{html.escape(clip.label)}</figcaption></figure>"
+    )
+
+
+@dataclass(frozen=True)
 class Section:
     anchor: str
     title: str
@@ -90,9 +113,17 @@ class Section:
     collapsed: bool = False
     facts: dict[str, str] = field(default_factory=dict)  # "name: value" pairs shown on one line
     facts_title: str = ""
+    clips: list[Clip] = field(default_factory=list)
 
 
-def html_page(title: str, meta: list[str], sections: list[Section], pngs: dict[str, bytes]) -> str:
+def html_page(
+    title: str,
+    meta: list[str],
+    sections: list[Section],
+    pngs: dict[str, bytes],
+    media: dict[str, bytes] | None = None,
+) -> str:
+    """The page; ``media`` holds the bytes of the clips' files, by their relative path."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -123,6 +154,7 @@ def html_page(title: str, meta: list[str], sections: list[Section], pngs: dict[s
                 f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(s.title)}">'
                 f"<figcaption>{html.escape(s.caption)}</figcaption></figure>"
             )
+        parts.extend(_html_clip(clip, media or {}) for clip in s.clips)
         for sub, table in s.tables:
             body = _html_table(table, f"{s.anchor}-{len(parts)}")
             if s.collapsed:
@@ -146,6 +178,9 @@ def markdown(title: str, meta: list[str], sections: list[Section]) -> str:
             out += [f"`{s.code}`", ""]
         if s.figure:
             out += [f"![{s.title}]({s.figure})", "", f"*{s.caption}*", ""]
+        for clip in s.clips:
+            shown = f"![{clip.label}]({clip.poster})" if clip.poster else clip.label
+            out += [f"[{shown}]({clip.video})", "", f"*{clip.label}* ([MP4]({clip.video}))", ""]
         for sub, table in s.tables:
             if sub:
                 out += [f"**{sub}**", ""]

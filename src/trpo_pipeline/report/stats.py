@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
+
+# scipy.special, not scipy.stats: the same inverse t CDF (stdtrit is what t.ppf calls), and
+# importing it takes 0.6 s here instead of 1.7 s (the report stage imports this module).
+import scipy.special
 
 from trpo_pipeline.report.runs import Curve
 
@@ -16,7 +19,7 @@ def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom (two-sided 95%)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return float(scipy.stats.t.ppf(0.975, df))
+    return float(scipy.special.stdtrit(df, 0.975))
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:

@@ -30,6 +30,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes seeds in [0, 2^32)
 MAX_LAYER = 8192  # units per hidden layer
 MAX_LAYERS = 64  # hidden layers
 MAX_EPISODES = 10_000  # evaluation runs its episodes side by side, one env each
+MAX_VIDEO_FRAMES = 100_000  # frames are held in memory before encoding (~0.7 MB each)
 
 
 def layer_sizes(sizes: tuple[int, ...]) -> str | None:
@@ -131,6 +132,20 @@ class EvaluateConfig:
     checkpoint: str | None = setting(
         None, "checkpoint to evaluate (null: the run folder's checkpoint.pt)", check=file_path
     )
+    video_episodes: int = setting(
+        0, "the first episodes also recorded as MP4 (video/episode-<i>.mp4)", ge=0
+    )
+    # A MuJoCo frame renders in about 0.1 s on a CPU: a 1000-step episode would take minutes.
+    video_max_frames: int = setting(
+        500, "frames a video records at most (the episode's first ones)", gt=0, le=MAX_VIDEO_FRAMES
+    )
+
+    def check(self) -> None:
+        if self.video_episodes > self.episodes:
+            raise ConfigError(
+                "video_episodes",
+                f"must be <= evaluate.episodes={self.episodes}, got {self.video_episodes}",
+            )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from trpo_pipeline.rl.envs import make_vector_env, space_dims
 from trpo_pipeline.rl.files import atomic_write
 from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
 from trpo_pipeline.rl.policies import Actor, env_action, make_actor
+from trpo_pipeline.rl.video import Video, record_episode
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,12 @@ class EvalResult:
     lengths: list[int]
 
 
-def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
-    """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i."""
+def evaluate(checkpoint: Path, cfg: EvaluateConfig, *, video_dir: Path | None = None) -> EvalResult:
+    """Run ``cfg.episodes`` episodes of the checkpoint's policy; episode i is seeded seed + i.
+
+    With ``video_dir``, the first ``cfg.video_episodes`` episodes are also written there as
+    MP4 (see video.py): replayed afterwards, so the returns are the same with or without.
+    """
     ckpt = load_checkpoint(checkpoint)
     run_cfg = run_config_from_dict(ckpt.config)
     normalizer = (
@@ -49,7 +54,10 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
     with torch.random.fork_rng(devices=[]):  # the init draws are overwritten by the checkpoint
         actor = make_actor(obs_dim, action_space, run_cfg.policy)
     actor.load_state_dict(ckpt.actor)
-    returns, lengths = run_episodes(actor, normalizer, run_cfg.env.id, cfg)
+    recorded = cfg.video_episodes if video_dir is not None else 0
+    returns, lengths, actions = _run_episodes(actor, normalizer, run_cfg.env.id, cfg, recorded)
+    if video_dir is not None:
+        record_videos(run_cfg.env.id, cfg, actions, video_dir)
     return EvalResult(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
@@ -67,6 +75,18 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig) -> EvalResult:
     )
 
 
+def record_videos(
+    env_id: str, cfg: EvaluateConfig, actions: list[list[np.ndarray]], folder: Path
+) -> list[Video]:
+    """Episode i of ``actions`` (seeded ``cfg.seed + i``) as ``folder/episode-<i>.mp4``."""
+    return [
+        record_episode(
+            env_id, cfg.seed + i, acts, folder, episode=i, max_frames=cfg.video_max_frames
+        )
+        for i, acts in enumerate(actions)
+    ]
+
+
 def run_episodes(
     actor: Actor, normalizer: ObsNormalizer | None, env_id: str, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +98,17 @@ def run_episodes(
     seeds. Sampling (deterministic=false) draws from a forked RNG: evaluating in the middle of
     training leaves training's random stream untouched.
     """
+    returns, lengths, _ = _run_episodes(actor, normalizer, env_id, cfg, 0)
+    return returns, lengths
+
+
+def _run_episodes(
+    actor: Actor, normalizer: ObsNormalizer | None, env_id: str, cfg: EvaluateConfig, keep: int
+) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
+    """:func:`run_episodes`, plus the env actions of the first ``keep`` episodes (up to
+    ``cfg.video_max_frames`` each): what a video replays."""
     n = cfg.episodes
+    actions: list[list[np.ndarray]] = [[] for _ in range(min(keep, n))]
     envs = make_vector_env(env_id, n, seed_per_env=True)
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)
     running = np.ones(n, bool)
@@ -91,16 +121,18 @@ def run_episodes(
             while running.any():
                 x = torch.from_numpy(preprocess(obs, normalizer))
                 action = actor.mode(x) if cfg.deterministic else actor(x).sample()
-                obs, reward, terminated, truncated, _ = envs.step(
-                    env_action(action, envs.single_action_space)
-                )
+                act = env_action(action, envs.single_action_space)
+                for i, kept in enumerate(actions):
+                    if running[i] and len(kept) < cfg.video_max_frames:
+                        kept.append(np.array(act[i]))
+                obs, reward, terminated, truncated, _ = envs.step(act)
                 returns += np.where(running, reward, 0.0)
                 lengths += running
                 running &= ~(terminated | truncated)
     finally:
         envs.close()
         actor.train(was_training)
-    return returns, lengths
+    return returns, lengths, actions
 
 
 def write_eval(result: EvalResult, path: Path) -> None:

@@ -13,6 +13,7 @@ CHECKPOINT = "checkpoint.pt"  # rl/checkpoint.py: the one checkpoint format
 LEARNING_CURVE = "learning_curve.csv"  # a row per update (rl/learning_curve.py)
 TRAIN_METRICS = "train_metrics.json"  # the training summary
 EVAL_METRICS = "eval_metrics.json"  # rl/evaluate.py's result
+VIDEO_DIR = "video"  # rl/video.py: episode-<i>.mp4 and its poster episode-<i>.png
 RESULT_FILES = (CHECKPOINT, LEARNING_CURVE, TRAIN_METRICS)  # never replaced silently
 
 

@@ -12,6 +12,7 @@ import yaml
 from trpo_pipeline.config import Config, ConfigError, config_from_dict
 from trpo_pipeline.errors import fail
 from trpo_pipeline.rl.errors import CheckpointError
+from trpo_pipeline.rl.run_files import VIDEO_DIR
 from trpo_pipeline.tracking.run import RUN_REF
 
 PARAMS = Path("params.yaml")
@@ -19,6 +20,7 @@ DVC_LOCK = Path("dvc.lock")
 OUTPUTS = Path("outputs")
 TRAIN_DIR = OUTPUTS / "train"
 EVAL_DIR = OUTPUTS / "eval"
+EVAL_VIDEO_DIR = EVAL_DIR / VIDEO_DIR
 REPORT_DIR = OUTPUTS / "report"
 TRAIN_RUN_REF = TRAIN_DIR / RUN_REF
 EVAL_RUN_REF = EVAL_DIR / RUN_REF

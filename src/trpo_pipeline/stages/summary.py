@@ -18,11 +18,14 @@ def summary(cfg: Config) -> str:
     if mlflow_bin.is_relative_to(Path.cwd()):
         mlflow_bin = mlflow_bin.relative_to(Path.cwd())
     page = (REPORT_DIR / "report.html").resolve()
-    run_id = tracking.read_ref(EVAL_RUN_REF).get("run_id")
+    ref = tracking.read_ref(EVAL_RUN_REF)
+    run_id, experiment_id = ref.get("run_id"), ref.get("experiment_id")
+    ui = tracking.ui_command(uri, str(mlflow_bin), experiment_id)
     return (
         f"report:    {page}\n"
         + (f"MLflow run {run_id} in {mask(uri)}\n" if run_id else "")
-        + f"MLflow UI: {tracking.ui_command(uri, str(mlflow_bin))}"
+        + f"MLflow UI: {ui}"
+        + (f"\n  the run: {tracking.run_url(uri, experiment_id, run_id)}" if run_id else "")
     )
 
 

@@ -19,7 +19,9 @@ def train_stage(cfg: Config, params: Path) -> None:
     check_device(cfg.train.device)
     tracking.check_store(cfg.tracking)
     fresh(TRAIN_DIR)
-    run = tracking.start_run(cfg, tags={"launcher": "dvc"}, folder=TRAIN_DIR)
+    run = tracking.start_run(
+        cfg, tags={"launcher": "dvc", **tracking.source_tags("dvc stage train")}, folder=TRAIN_DIR
+    )
     with tracking.recording(run):
         result = train(cfg, TRAIN_DIR, callbacks=[run.log_update])
         tracking.log_training(run, cfg, TRAIN_DIR, params_file=params)

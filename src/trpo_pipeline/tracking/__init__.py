@@ -12,8 +12,10 @@ pushes what it missed later.
 - ``artifacts``: files uploaded with passwords masked, the policy model;
 - ``run``: one run (:class:`TrackedRun`, opening, reopening and closing it, its reference file);
 - ``stage_records``: what the training and evaluation stages record;
+- ``registry``: policies as versions of ``trpo-<env id>``, the alias ``champion`` on the best;
 - ``parents``: parent runs of a Hydra multirun or an Optuna study;
-- ``history``: reading metric histories back.
+- ``history``: reading metric histories back;
+- ``ui``: the UI's addresses (the training view of an experiment, a run's page).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from trpo_pipeline.tracking.records import (
     provenance_tags,
     result_params,
     row_metrics,
+    source_tags,
     update_metrics,
+)
+from trpo_pipeline.tracking.registry import (
+    CHAMPION,
+    Registration,
+    register_policy,
+    registered_model_name,
 )
 from trpo_pipeline.tracking.run import (
     FLUSH_EVERY,
@@ -46,7 +55,12 @@ from trpo_pipeline.tracking.run import (
     reopen_run,
     start_run,
 )
-from trpo_pipeline.tracking.stage_records import log_evaluation, log_training, run_for_evaluation
+from trpo_pipeline.tracking.stage_records import (
+    log_evaluation,
+    log_training,
+    register_evaluation,
+    run_for_evaluation,
+)
 from trpo_pipeline.tracking.store import (
     TrackingUnavailableError,
     experiment_id,
@@ -60,11 +74,12 @@ from trpo_pipeline.tracking.store import (
     retry_locked,
     sqlite_path,
     tracking_user,
-    ui_command,
     warn_unreachable,
 )
+from trpo_pipeline.tracking.ui import experiment_url, run_url, serve_command, ui_command
 
 __all__ = [
+    "CHAMPION",
     "FLUSH_EVERY",
     "MAX_BATCH",
     "MODEL_NAME",
@@ -72,6 +87,7 @@ __all__ = [
     "PARENT_TAG",
     "RUN_REF",
     "TIMING_METRICS",
+    "Registration",
     "TrackedRun",
     "TrackingUnavailableError",
     "check_store",
@@ -79,6 +95,7 @@ __all__ = [
     "default_run_name",
     "eval_metrics",
     "experiment_id",
+    "experiment_url",
     "finish_parent_run",
     "flatten",
     "flatten_config",
@@ -96,12 +113,18 @@ __all__ = [
     "read_ref",
     "recording",
     "refusal_status",
+    "register_evaluation",
+    "register_policy",
+    "registered_model_name",
     "reopen_run",
     "resolve_tracking_uri",
     "result_params",
     "retry_locked",
     "row_metrics",
     "run_for_evaluation",
+    "run_url",
+    "serve_command",
+    "source_tags",
     "sqlite_path",
     "start_parent_run",
     "start_run",

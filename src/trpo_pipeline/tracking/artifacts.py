@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.tracking.store import quiet_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 MODEL_NAME = "policy"
+VIDEO_ARTIFACTS = "video"  # the evaluation's MP4s and posters (the MLflow UI previews MP4)
 # Text files uploaded as artifacts are masked first (params.yaml, dvc.lock may hold a URI).
 _TEXT_ARTIFACTS = frozenset({".yaml", ".yml", ".json", ".lock", ".md", ".txt", ".csv", ".html"})
 
@@ -42,8 +45,12 @@ def log_policy_model(uri: str, run_id: str | None, checkpoint: Path, env_id: str
     import torch
 
     package = Path(__file__).resolve().parents[1]  # trpo_pipeline/, shipped with the model
+    quiet_mlflow()
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    # MLflow asks for type hints on predict(); policy_model.py leaves them out on purpose (MLflow
+    # would enforce them as a schema), so that advice is noise. MLflow resets the warning
+    # filters inside log_model, so the warnings are caught and all others shown afterwards.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings(record=True) as caught:
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(
@@ -59,4 +66,7 @@ def log_policy_model(uri: str, run_id: str | None, checkpoint: Path, env_id: str
             ],
             metadata={"env_id": env_id, "deterministic": True},
         )
+    for w in caught:
+        if "Add type hints to the `predict` method" not in str(w.message):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return info.model_uri

@@ -95,6 +95,14 @@ def git_state() -> tuple[str, str]:
     return commit, "true" if dirty else "false"
 
 
+SOURCE_NAME = "mlflow.source.name"  # the UI's Source column
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """Which command or stage made a run (``trpo-train``, ``dvc stage train``, ...)."""
+    return {SOURCE_NAME: command, "mlflow.source.type": "LOCAL"}
+
+
 def provenance_tags(cfg: Config | None = None) -> dict[str, str]:
     """The tags that let a run be reproduced (and compared) later."""
     import gymnasium

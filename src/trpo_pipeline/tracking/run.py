@@ -27,6 +27,7 @@ from trpo_pipeline.tracking.artifacts import log_policy_model, upload_artifact
 from trpo_pipeline.tracking.parents import PARENT_TAG
 from trpo_pipeline.tracking.pending import PENDING, Pending
 from trpo_pipeline.tracking.records import flatten_config, provenance_tags, update_metrics
+from trpo_pipeline.tracking.registry import Registration, register_policy
 from trpo_pipeline.tracking.store import (
     is_outage,
     mlflow_client,
@@ -36,6 +37,7 @@ from trpo_pipeline.tracking.store import (
     user_tag,
     warn_unreachable,
 )
+from trpo_pipeline.tracking.system_metrics import start_monitor
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -69,6 +71,7 @@ class TrackedRun:
     _curve: Path | None = field(default=None, repr=False)  # the CSV holding the train/* rows
     _creation: dict[str, Any] = field(default_factory=dict, repr=False)
     _marker: Pending | None = field(default=None, repr=False)
+    _monitor: Any = field(default=None, repr=False)  # MLflow's system metrics monitor
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +122,7 @@ class TrackedRun:
         if self.offline:
             return
         self.offline = True
+        self._monitor = None  # its thread ends at its next failing call, without a word
         where = f" in {self.folder}" if self.folder is not None else ""
         hint = (
             f"push them later with: trpo-sync {self.folder}"
@@ -199,6 +203,18 @@ class TrackedRun:
             lambda marker: marker.set_model(Path(checkpoint), cfg.env.id),
         )
 
+    def register_policy(
+        self, env_id: str, mean_return: float, tags: Mapping[str, str]
+    ) -> Registration | None:
+        """Register this run's policy model (registry.py); None offline or without a model.
+        Not noted for trpo-sync: a later pipeline execution registers its own."""
+        return self._call(
+            lambda: register_policy(
+                self.client, self.run_id, self.experiment_id, env_id, mean_return, tags
+            ),
+            lambda marker: False,
+        )
+
     def set_tag(self, key: str, value: str) -> None:
         self._call(
             lambda: self.client.set_tag(self.run_id, key, mask(value)),
@@ -218,7 +234,17 @@ class TrackedRun:
             ref["pending_sync"] = PENDING
         atomic_write(path, json.dumps(ref, indent=2) + "\n")
 
+    def watch_system(self, *, resume: bool = False) -> None:
+        """Record the machine's CPU, memory, disk and network use until :meth:`finish`."""
+        if self.online and self._monitor is None:
+            self._monitor = self._call(
+                lambda: start_monitor(self.uri, self.run_id, resume=resume), lambda m: False
+            )
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()  # its last samples, before the run is closed
         if self.enabled:
             self.flush()
             end = int(time.time() * 1000)
@@ -278,6 +304,8 @@ def start_run(
     ]
     for batch in batches:
         run._call(lambda b=batch: run.client.log_batch(run.run_id, params=b), lambda m: False)
+    if cfg.tracking.system_metrics:
+        run.watch_system()
     return run
 
 
@@ -313,6 +341,8 @@ def reopen_run(cfg: Config, ref: Path, *, folder: Path | None = None) -> Tracked
         tracked.go_offline(err)
         return tracked
     tracked.experiment_id = run.info.experiment_id
+    if cfg.tracking.system_metrics:
+        tracked.watch_system(resume=True)
     return tracked
 
 

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from trpo_pipeline.config import Config
 from trpo_pipeline.rl.run_files import CHECKPOINT, CONFIG, LEARNING_CURVE, TRAIN_METRICS
-from trpo_pipeline.tracking.records import eval_metrics, flatten_config, row_metrics
+from trpo_pipeline.tracking.records import (
+    eval_metrics,
+    flatten_config,
+    provenance_tags,
+    row_metrics,
+)
+from trpo_pipeline.tracking.registry import Registration
 from trpo_pipeline.tracking.run import TrackedRun, read_ref, reopen_run, start_run
 from trpo_pipeline.tracking.store import mlflow_client, quiet_http, resolve_tracking_uri
 
@@ -48,6 +54,18 @@ def log_curve(run: TrackedRun, curve_csv: Path) -> None:
 def log_evaluation(run: TrackedRun, result: EvalResult, eval_json: Path) -> None:
     run.log_metrics(eval_metrics(result), step=result.env_steps_trained)
     run.log_artifact(eval_json, "eval")
+
+
+# The run's provenance a model version repeats: where its policy came from, without the run.
+REGISTRY_TAGS = ("git_commit", "git_dirty", "config_hash", "seed", "dvc_exp_name")
+
+
+def register_evaluation(run: TrackedRun, cfg: Config, result: EvalResult) -> Registration | None:
+    """The evaluated policy as a new version of ``trpo-<env id>`` (champion if it is best)."""
+    if not run.online:
+        return None
+    tags = {k: v for k, v in provenance_tags(cfg).items() if k in REGISTRY_TAGS and v}
+    return run.register_policy(result.env_id, result.mean_return, tags)
 
 
 def is_fresh(data: Any, cfg: Config) -> bool:

@@ -46,6 +46,10 @@ HTTP_DEFAULTS = {
     # MLflow prints "View run <name> at: <tracking URI>/#/..." on stdout, password included.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+# What MLflow prints that a user cannot act on: a progress bar per artifact download (the
+# logged model is downloaded again to be checked) and INFO lines when a store is created.
+QUIET_DEFAULTS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 LOCKED_RETRIES = 10  # attempts of a call that found the SQLite store locked
 _LOCKED = ("database is locked", "database table is locked")
 
@@ -138,13 +142,6 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = uri.removeprefix("sqlite:///").partition("?")[0]
     return None if path in ("", ":memory:") else Path("/" + path.lstrip("/"))
-
-
-def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
-    """The one command that opens the MLflow UI on this store (on this machine only)."""
-    if is_http(uri):
-        return f"open {mask(uri)} in a browser"
-    return f"{mlflow_bin} ui --backend-store-uri {mask(uri)} --host 127.0.0.1"
 
 
 def is_locked(err: BaseException) -> bool:
@@ -264,12 +261,24 @@ def quiet_http() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's bars and first-use INFO lines out of the terminal (the user's own
+    settings of these variables win; warnings and errors still show)."""
+    import logging
+
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @functools.cache
 def mlflow_client(uri: str) -> MlflowClient:
     """One client per store and process; the first one creates (and migrates) a SQLite store,
     under the store's lock. Calls are retried while SQLite is locked; HTTP gives up in seconds."""
     from mlflow import MlflowClient
 
+    quiet_mlflow()
     if is_http(uri):
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)

@@ -103,7 +103,12 @@ class MlflowTracker(NoTracker):
             run_id = tracking.start_parent_run(
                 cfg.tracking,
                 run_name=f"tune {self.study_tags['optuna_study']}",
-                tags={**self.study_tags, "tune_role": "study", "launcher": "optuna"},
+                tags={
+                    **self.study_tags,
+                    "tune_role": "study",
+                    "launcher": "optuna",
+                    **tracking.source_tags("trpo-tune"),
+                },
             )
             params = tracking.flatten(to_dict(cfg)).items()
             for i in range(0, len(params), tracking.PARAMS_PER_BATCH):
@@ -128,6 +133,7 @@ class MlflowTracker(NoTracker):
                 **self.study_tags,
                 "tune_role": "trial",
                 "launcher": "optuna",
+                **tracking.source_tags("trpo-tune"),
                 "trial_number": str(trial.number),
                 "trial_state": "running",
                 "tuned_keys": ",".join(trial.user_attrs.get("config", {})),
