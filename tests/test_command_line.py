@@ -23,9 +23,9 @@ def readme_command_lines() -> list[list[str]]:
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     lines = []
     for line in "\n".join(blocks).splitlines():
-        words = shlex.split(line, comments=True)
-        if words and Path(words[0]).name in COMMANDS:
-            lines.append(words[1:])
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if Path(first).name in COMMANDS:
+            lines.append(shlex.split(line, comments=True)[1:])
     return lines
 
 
