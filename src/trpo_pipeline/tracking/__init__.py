@@ -44,7 +44,12 @@ from trpo_pipeline.tracking.run import (
     reopen_run,
     start_run,
 )
-from trpo_pipeline.tracking.stage_records import log_evaluation, log_training, run_for_evaluation
+from trpo_pipeline.tracking.stage_records import (
+    log_curve,
+    log_evaluation,
+    log_training,
+    run_for_evaluation,
+)
 from trpo_pipeline.tracking.store import (
     TrackingUnavailableError,
     check_store,
@@ -81,6 +86,7 @@ __all__ = [
     "flatten_config",
     "git_state",
     "is_outage",
+    "log_curve",
     "log_evaluation",
     "log_policy_model",
     "log_training",
