@@ -200,3 +200,71 @@ def test_preempted_and_requeued_jobs_end_bit_identical(tmp_path: Path) -> None:
         check=True,
     ).stdout.split()
     assert {f"{array_id.split('_')[0]}_{i}|REQUEUED" for i in (0, 1)} <= set(states)
+
+
+def _jobs_known() -> int:
+    """Jobs SLURM has accounted so far (those that ran, and those queued now)."""
+    listed = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-a", "-o", "JobID", "-S", "2000-01-01"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return len(listed.split())
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("algo.max_kl=0.01,-1", "algo.max_kl"), ("hydra.launcher.mem_gb=lots", "mem_gb")],
+)
+def test_every_job_is_checked_before_anything_is_submitted(
+    tmp_path: Path, override: str, key: str
+) -> None:
+    before = _jobs_known()
+    sweep = tmp_path / "sweep"
+    done = subprocess.run(
+        sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0,1", override, *TINY]),
+        cwd=tmp_path,
+        env=command_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("trpo-train: error: ") and key in line
+    assert not sweep.exists() and not (tmp_path / "mlflow.db").exists()
+    assert _jobs_known() == before  # nothing reached SLURM
+
+
+def test_a_job_that_fails_for_good_is_reported_and_the_sweep_fails(tmp_path: Path) -> None:
+    """A job timed out once too often (no requeue left) fails; the other job still finishes."""
+    uri = new_store(tmp_path / "store")
+    env = command_env({"MLFLOW_TRACKING_URI": uri})
+    sweep = tmp_path / "sweep"
+    # Under 13 minutes submitit takes any USR2 for a timeout; with no timeouts allowed the job
+    # is then not requeued but ends as failed.
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5"]
+    argv = sweep_command(
+        tmp_path, sweep, [*launcher, "hydra.launcher.max_num_timeout=0", "seed=0,1", *LONGER]
+    )
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(lambda: job_started(sweep, 0), proc)
+        _signal_mid_training(job_dir(sweep, 0), ["scancel", "--signal=USR2"], proc)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-4000:]
+
+    runs = runs_of(uri)
+    (parent,) = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    status = {r.info.run_name: r.info.status for r in runs if r is not parent}
+    failed, finished = job_dir(sweep, 0).name, job_dir(sweep, 1).name
+    assert status == {failed: "FAILED", finished: "FINISHED"}
+    assert parent.info.status == "FAILED"
+    assert "multirun: 1 job(s) did not finish" in out
+    assert f"FAILED   {failed}" in out and finished not in out.split("did not finish")[1]
