@@ -24,15 +24,15 @@ JOB_REF = "scheduler_job.json"  # {"job_id": ...}: the scheduler job that writes
 
 
 def scheduler_job_id() -> str | None:
-    """The id of the SLURM or submitit-local job this process runs in (None outside one)."""
+    """The id of the job submitit started this process in, on SLURM or locally (None outside
+    one: a plain multirun inside an salloc is not rerun by anyone, and never resumes)."""
     env = os.environ
+    if env.get("SUBMITIT_EXECUTOR") != "slurm":
+        local = env.get("SUBMITIT_LOCAL_JOB_ID")
+        return f"local:{local}" if local else None
     if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
         return f"slurm:{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if "SLURM_JOB_ID" in env:
-        return f"slurm:{env['SLURM_JOB_ID']}"
-    if "SUBMITIT_LOCAL_JOB_ID" in env:
-        return f"local:{env['SUBMITIT_LOCAL_JOB_ID']}"
-    return None
+    return f"slurm:{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else None
 
 
 def is_restart(run_dir: Path) -> bool:
