@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,13 @@ def new_store(folder: Path) -> str:
     db = folder / "mlflow.db"
     shutil.copyfile(_template, db)
     return f"sqlite:///{db}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def command_env(extra: Mapping[str, str] | None = None, *, drop: Sequence[str] = ()) -> dict:

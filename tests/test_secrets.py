@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline_support import BIN, TINY, command_env, new_store, run
-from trpo_pipeline import tracking, tune
+from trpo_pipeline import tracking
 from trpo_pipeline.config import config_from_dict
 from trpo_pipeline.credentials import mask
 
@@ -89,7 +89,7 @@ def test_params_tags_and_tune_labels_are_masked(tiny_config) -> None:
     params = tracking.flatten_config(cfg)
     assert params["tracking.uri"] == "http://alice:***@127.0.0.1:5000"
     assert params["tune.storage.url"] == "postgresql://bob:***@db:5432/optuna"
-    assert tune.storage_label(cfg.tune.storage.url) == "postgresql://bob:***@db:5432/optuna"
+    assert mask(cfg.tune.storage.url) == "postgresql://bob:***@db:5432/optuna"
     assert PASSWORD not in tracking.ui_command(cfg.tracking.uri)
     assert PASSWORD not in str(tracking.provenance_tags(cfg))
 
@@ -239,7 +239,8 @@ def test_documented_server_commands_bind_to_localhost() -> None:
 
 
 def test_a_pipeline_config_holds_no_password_in_its_written_files(tiny_config, tmp_path) -> None:
-    """config.yaml and the checkpoint's copy of the config are masked (in-process, offline)."""
+    """config.yaml and the checkpoint's copy of the config hold the engine's settings only: no
+    tracking or storage URL, so no password, reaches them (in-process, offline)."""
     from trpo_pipeline.rl.checkpoint import load_checkpoint
     from trpo_pipeline.rl.train import train
 
@@ -250,5 +251,5 @@ def test_a_pipeline_config_holds_no_password_in_its_written_files(tiny_config, t
     train(cfg, tmp_path / "run")
     assert files_holding(tmp_path, PASSWORD) == []
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt").config
-    assert saved["tracking"]["uri"] == "http://alice:***@127.0.0.1:1"
-    assert config_from_dict(saved).tune.storage.url == "postgresql://bob:***@db/optuna"
+    assert "tracking" not in saved and "tune" not in saved
+    assert config_from_dict(saved).env == cfg.env  # what evaluation and resuming need

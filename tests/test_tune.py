@@ -286,7 +286,20 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(
                 "IndependentConstraint(Real(), 1), but found invalid values:\ntensor([[nan, nan]])"
             )
         nan = float("nan")
-        stats = trpo.UpdateStats(0.0, nan, nan, 1, True, "", 0.0, 0.0, nan, 0.6, nan, 0.0)
+        stats = trpo.UpdateStats(
+            surrogate_before=0.0,
+            surrogate_after=nan,
+            kl=nan,
+            line_search_steps=1,
+            line_search_accepted=True,
+            skipped="",
+            cg_residual=0.0,
+            step_size=0.0,
+            grad_norm=nan,
+            entropy=0.6,
+            value_loss=nan,
+            explained_variance=0.0,
+        )
         for cb in callbacks:
             cb(UpdateRecord(1, 512, nan, nan, 0, 0.1, 5000.0, stats))
 
@@ -397,8 +410,8 @@ def test_the_dvc_stage_tunes_params_yaml(conf: Path, tmp_path: Path, monkeypatch
     """tune/dvc.yaml's command: the study of params.yaml, trials being params.yaml + values."""
     import yaml
 
-    from trpo_pipeline.cli.tune import stage_main
     from trpo_pipeline.rl.schema import to_dict
+    from trpo_pipeline.stages.tune import main as stage_main
 
     monkeypatch.setenv("TRPO_CONF_DIR", str(conf))
     monkeypatch.chdir(tmp_path)

@@ -27,6 +27,14 @@ from trpo_pipeline.tune import storage_url
 ADMIN_URL = os.environ.get(
     "TRPO_TEST_POSTGRES_URL", "postgresql://trpo:trpo@127.0.0.1:5432/postgres"
 )
+WORKER = os.environ.get("TRPO_TEST_POSTGRES_WORKER", "trpo_worker")
+WORKER_PASSWORD = os.environ.get("TRPO_TEST_POSTGRES_WORKER_PASSWORD", "Pg-Worker-8Jw3")
+# docs/security.md: what the database's owner grants the workers' role
+WORKER_GRANTS = (
+    'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC',
+    'GRANT CONNECT ON DATABASE "{db}" TO "{role}"',
+    'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"',  # Optuna creates its tables on first use
+)
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 BIN = Path(sys.executable).parent
 TINY = [
@@ -41,8 +49,9 @@ TINY = [
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The URL of a fresh database on the test server."""
+def postgres_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL (no password: that is in PGPASSWORD) of a fresh database on the test server,
+    for the workers' least-privilege role."""
     import psycopg2
     from sqlalchemy.engine import make_url
 
@@ -62,7 +71,14 @@ def postgres_url() -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        url = make_url(ADMIN_URL).set(database=name)
+        owner = psycopg2.connect(url.render_as_string(hide_password=False))
+        with owner, owner.cursor() as cur:  # one transaction, committed
+            for grant in WORKER_GRANTS:
+                cur.execute(grant.format(db=name, role=WORKER))
+        owner.close()
+        monkeypatch.setenv("PGPASSWORD", WORKER_PASSWORD)  # libpq's own: for this process too
+        yield f"postgresql://{WORKER}@{url.host}:{url.port or 5432}/{name}"
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -142,6 +158,10 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
                 worker.kill()
     print(out)  # shown when the test fails
     assert survivor.returncode == 0, out
+    assert WORKER_PASSWORD not in out  # nor in any file the workers wrote:
+    assert [
+        p for p in tmp_path.rglob("*") if p.is_file() and WORKER_PASSWORD.encode() in p.read_bytes()
+    ] == []
 
     trials = _load(postgres_url).trials
     numbers = [t.number for t in trials]
@@ -173,3 +193,36 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
         assert r.data.tags["trial_number"] == str(trial.number)
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
         assert r.data.tags["trial_state"] == state.get(trial.state, "failed")
+
+
+def test_the_workers_role_is_least_privileged_and_a_pgpass_file_replaces_pgpassword(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    from trpo_pipeline.tune.storage import open_storage
+
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"*:*:*:{WORKER}:{WORKER_PASSWORD}\n")
+    pgpass.chmod(0o600)  # libpq ignores a .pgpass that others may read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles"
+            " WHERE rolname = current_user"
+        )
+        assert cur.fetchone() == (False, False, False, False)
+    conn.close()
+    storage = open_storage(StorageConfig(url=postgres_url, heartbeat_interval=None))
+    study = optuna.create_study(study_name="pgpass", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(study.trials) == 2
+
+    from trpo_pipeline.config import ConfigError
+
+    pgpass.write_text(f"*:*:*:{WORKER}:not-the-password\n")
+    with pytest.raises(ConfigError) as refused:
+        open_storage(StorageConfig(url=postgres_url, heartbeat_interval=None))
+    assert "password authentication failed" in str(refused.value)
+    assert WORKER_PASSWORD not in str(refused.value)

@@ -172,8 +172,9 @@ def reproduce(
     recorded_commit = tags.get("git_commit", "unknown")
     if recorded_commit != commit and not any_commit:
         fail(
+            PROG,
             f"run {run_id} was recorded at commit {recorded_commit}, this checkout is at "
-            f"{commit}; check out {recorded_commit} first, or pass --any-commit"
+            f"{commit}; check out {recorded_commit} first, or pass --any-commit",
         )
     for who, flag in (("the recorded run", tags.get("git_dirty")), ("this checkout", dirty)):
         if flag == "true":

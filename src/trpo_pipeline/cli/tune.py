@@ -25,6 +25,8 @@ from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import preflight, read
 from trpo_pipeline.launch.compose import CONFIG_NAME, composition_error, find_conf_dir, load_config
 from trpo_pipeline.rl.runtime import check_device
+from trpo_pipeline.tune.study import run_study
+from trpo_pipeline.tune.summary import format_summary
 from trpo_pipeline.tune.tuned_config import check_tuned_config
 from trpo_pipeline.tune.validation import validate_tune
 
@@ -88,10 +90,6 @@ def run_study_command(
     default: Config,
     conf_dir: Path,
 ) -> float | None:
-    # Deferred: the study imports optuna and torch, which only a running task needs.
-    from trpo_pipeline.tune.study import run_study
-    from trpo_pipeline.tune.summary import format_summary
-
     try:
         summary = run_study(
             cfg,

@@ -29,7 +29,7 @@ from trpo_pipeline.rl.adam import Adam
 from trpo_pipeline.rl.config import AlgoConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyStats:
     """What the policy step of one TRPO update did (:func:`policy_step`)."""
 
@@ -63,7 +63,7 @@ class PolicyStats:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpdateStats(PolicyStats):
     """What one TRPO update did, the policy step and the critic; logged per update.
 

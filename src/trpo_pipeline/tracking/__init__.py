@@ -6,7 +6,8 @@ never stops training: a store that cannot be reached makes the run offline, and 
 pushes what it missed later.
 
 - ``store``: where runs go (the tracking URI, checks, clients, retries on a locked SQLite
-  store, outage detection, experiments);
+  store, outage and refusal detection, the user a server sees, experiments);
+- ``access``: the pre-flight check that the store can be used and this user may write there;
 - ``records``: what is recorded (params, config hash, provenance tags, metrics);
 - ``artifacts``: files uploaded with passwords masked, the policy model;
 - ``run``: one run (:class:`TrackedRun`, opening, reopening and closing it, its reference file);
@@ -17,6 +18,7 @@ pushes what it missed later.
 
 from __future__ import annotations
 
+from trpo_pipeline.tracking.access import check_store
 from trpo_pipeline.tracking.artifacts import MODEL_NAME, log_policy_model, upload_artifact
 from trpo_pipeline.tracking.history import metric_histories
 from trpo_pipeline.tracking.parents import PARENT_TAG, finish_parent_run, start_parent_run
@@ -52,16 +54,17 @@ from trpo_pipeline.tracking.stage_records import (
 )
 from trpo_pipeline.tracking.store import (
     TrackingUnavailableError,
-    check_store,
     experiment_id,
     is_outage,
     mlflow_client,
     open_experiment,
     project_root,
     quiet_http,
+    refusal_status,
     resolve_tracking_uri,
     retry_locked,
     sqlite_path,
+    tracking_user,
     ui_command,
     warn_unreachable,
 )
@@ -98,6 +101,7 @@ __all__ = [
     "quiet_http",
     "read_ref",
     "recording",
+    "refusal_status",
     "reopen_run",
     "resolve_tracking_uri",
     "result_params",
@@ -107,6 +111,7 @@ __all__ = [
     "sqlite_path",
     "start_parent_run",
     "start_run",
+    "tracking_user",
     "ui_command",
     "update_metrics",
     "upload_artifact",

@@ -14,6 +14,7 @@ from trpo_pipeline.tracking.store import (
     open_experiment,
     quiet_http,
     resolve_tracking_uri,
+    user_tag,
     warn_unreachable,
 )
 
@@ -34,7 +35,10 @@ def start_parent_run(
         with quiet_http():
             run = client.create_run(
                 exp_id,
-                tags={k: mask(v) for k, v in (provenance_tags() | dict(tags or {})).items()},
+                tags={
+                    k: mask(v)
+                    for k, v in (provenance_tags() | user_tag(uri) | dict(tags or {})).items()
+                },
                 run_name=mask(run_name),
             )
     except ConfigError:

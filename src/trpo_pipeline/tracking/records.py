@@ -139,16 +139,11 @@ def row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A curve cell as a number: ints (booleans are written 0/1), floats, or their text."""
+    try:
         return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    except (TypeError, ValueError):
+        return None
 
 
 def update_metrics(record: UpdateRecord) -> dict[str, float]:

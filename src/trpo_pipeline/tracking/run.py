@@ -33,6 +33,7 @@ from trpo_pipeline.tracking.store import (
     open_experiment,
     quiet_http,
     resolve_tracking_uri,
+    user_tag,
     warn_unreachable,
 )
 
@@ -263,7 +264,8 @@ def start_run(
         return TrackedRun(uri)
     from mlflow.entities import Param
 
-    all_tags = {k: mask(v) for k, v in (provenance_tags(cfg) | dict(tags or {})).items()}
+    own = provenance_tags(cfg) | user_tag(uri) | dict(tags or {})
+    all_tags = {k: mask(v) for k, v in own.items()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     name = mask(run_name or default_run_name(cfg))

@@ -7,7 +7,8 @@ Hydra runs, DVC stages and queued DVC experiments all write to one store.
 
 A store that is briefly locked (SQLite under several writers) is retried with backoff. A
 server that cannot be reached costs a few seconds (short HTTP timeouts) and one warning line;
-:func:`is_outage` tells such an outage from a store that is misconfigured.
+:func:`is_outage` tells such an outage from a store that is misconfigured, and from a server
+that refuses the user (:func:`refusal_status`: 401 or 403, never an outage).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from trpo_pipeline.config import ConfigError, TrackingConfig
 from trpo_pipeline.credentials import mask
@@ -88,9 +90,10 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def check_store(cfg: TrackingConfig) -> None:
+def check_sqlite_store(cfg: TrackingConfig) -> None:
     """Read-only checks, before anything runs, that a SQLite store can be used: its file is a
-    SQLite database (or can be created) and is writable. ConfigError on tracking.uri if not."""
+    SQLite database (or can be created) and is writable. ConfigError on tracking.uri if not.
+    (A tracking server is asked by access.check_store.)"""
     if not cfg.enabled:
         return
     uri = resolve_tracking_uri(cfg)
@@ -139,7 +142,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 def ui_command(uri: str, mlflow_bin: str = ".venv/bin/mlflow") -> str:
     """The one command that opens the MLflow UI on this store (on this machine only)."""
-    if uri.startswith(("http://", "https://")):
+    if is_http(uri):
         return f"open {mask(uri)} in a browser"
     return f"{mlflow_bin} ui --backend-store-uri {mask(uri)} --host 127.0.0.1"
 
@@ -148,8 +151,49 @@ def is_locked(err: BaseException) -> bool:
     return any(s in str(err) for s in _LOCKED)
 
 
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def tracking_user(uri: str) -> str | None:
+    """The user a tracking server is told about: MLflow's own credentials (its client sends
+    MLFLOW_TRACKING_USERNAME / _PASSWORD, else ~/.mlflow/credentials), else the URL's user;
+    None for a store that is not a server, or with no credentials at all."""
+    if not is_http(uri):
+        return None
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    if creds.username and creds.password:  # what MLflow's client sends as basic auth
+        return creds.username
+    return urlsplit(uri).username or None
+
+
+def user_tag(uri: str) -> dict[str, str]:
+    """``mlflow.user``, the run's user in MLflow, set to the user a server authenticates (the
+    client alone would record the OS user, or "unknown"); nothing for other stores."""
+    user = tracking_user(uri)
+    return {"mlflow.user": user} if user else {}
+
+
+# MLflow's error codes for HTTP 401 and 403
+_REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def refusal_status(err: BaseException) -> int | None:
+    """401 or 403 when ``err`` is a tracking server refusing the user, else None."""
+    code = _REFUSALS.get(str(getattr(err, "error_code", "")))
+    if code is not None:
+        return code
+    found = re.search(r"failed with error code (40[13])\b", str(err))
+    return int(found[1]) if found else None
+
+
 def is_outage(err: BaseException) -> bool:
-    """Whether ``err`` says the store is unreachable or busy right now (not misconfigured)."""
+    """Whether ``err`` says the store is unreachable or busy right now (not misconfigured).
+    A refusal (401, 403) is never an outage: it would refuse again after any wait."""
+    if refusal_status(err) is not None:
+        return False
     if isinstance(err, TrackingUnavailableError | ConnectionError | TimeoutError):
         return True
     try:
@@ -226,7 +270,7 @@ def mlflow_client(uri: str) -> MlflowClient:
     under the store's lock. Calls are retried while SQLite is locked; HTTP gives up in seconds."""
     from mlflow import MlflowClient
 
-    if uri.startswith(("http://", "https://")):
+    if is_http(uri):
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if mask(uri) != uri:  # never print the password, whatever the user asked for
