@@ -3,7 +3,7 @@
 One run per pipeline execution (the three DVC stage commands on a params.yaml) holding the
 whole config as params, per-update metric histories, evaluation metrics, provenance tags,
 artifacts and a pyfunc model that predicts actions; a Hydra multirun is one parent run with a
-child per job, with the basic and with the joblib launcher.
+child per job, with the basic, the joblib and submitit's local launcher.
 """
 
 from __future__ import annotations
@@ -190,8 +190,9 @@ def test_pyfunc_model_predicts_the_policy_actions(stages: dict[str, Any]) -> Non
     [
         ([], ["seed=0,1", "algo.max_kl=0.005,0.01"], 4),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["seed=0,1"], 2),
+        (["hydra/launcher=local"], ["seed=0,1"], 2),  # submitit's local executor (conf/)
     ],
-    ids=["basic", "joblib"],
+    ids=["basic", "joblib", "submitit-local"],
 )
 def test_multirun_is_a_parent_with_a_child_per_job(
     tmp_path: Path, launcher: list[str], sweep: list[str], children: int

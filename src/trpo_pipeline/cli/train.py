@@ -13,12 +13,13 @@ from typing import Any
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.launch import restart
 from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import CommandLine
 from trpo_pipeline.launch.compose import load_config
-from trpo_pipeline.launch.multirun import job_run_name, parent_run_id
+from trpo_pipeline.launch.multirun import is_multirun_job, job_run_name, parent_run_id
 from trpo_pipeline.rl.errors import CheckpointError
-from trpo_pipeline.rl.run_files import check_run_dir
+from trpo_pipeline.rl.run_files import LEARNING_CURVE, check_run_dir
 from trpo_pipeline.rl.runtime import check_device
 from trpo_pipeline.tracking.pending import PENDING
 
@@ -38,16 +39,22 @@ def _train_task(dcfg: Any) -> float:
 
     def body(run_dir: Path) -> float:
         cfg = load_config(dcfg)
+        # A multirun job that SLURM requeued or preempted runs again from the start: it resumes
+        # from its own checkpoint and continues its own MLflow run (launch/restart.py).
+        scheduled = is_multirun_job() and restart.scheduler_job_id() is not None
+        restarted = scheduled and restart.is_restart(run_dir)
+        if restarted:
+            cfg = restart.continued(cfg, run_dir)
         check_run_dir(run_dir, cfg)  # before an MLflow run is opened for nothing
-        run = tracking.start_run(
-            cfg,
-            run_name=job_run_name(cfg),
-            parent_run_id=parent_run_id(),
-            tags={"launcher": "hydra", **tracking.source_tags("trpo-train")},
-            folder=run_dir,
-        )
-        with tracking.recording(run):
+        if scheduled:
+            restart.claim(run_dir)
+        run = _open_run(cfg, run_dir, restarted=restarted)
+        if scheduled:
+            run.write_ref(run_dir / tracking.RUN_REF)  # what a restart of this job continues
+        with tracking.recording(run, close_on_exit=not scheduled):
             result = train(cfg, run_dir, callbacks=[run.log_update])
+            if restarted:  # the rows a killed attempt had not sent yet; none twice
+                tracking.log_curve(run, run_dir / LEARNING_CURVE)
             tracking.log_training(run, cfg, run_dir)
             run.write_ref(run_dir / tracking.RUN_REF)
         if run.online:
@@ -65,6 +72,20 @@ def _train_task(dcfg: Any) -> float:
         return result.episode_return
 
     return guarded(PROG, body)
+
+
+def _open_run(cfg: Config, run_dir: Path, *, restarted: bool) -> tracking.TrackedRun:
+    """A restarted job's MLflow run is the one its folder names; any other job gets a new run."""
+    ref = run_dir / tracking.RUN_REF
+    if restarted and tracking.read_ref(ref).get("run_id"):
+        return tracking.reopen_run(cfg, ref, folder=run_dir)
+    return tracking.start_run(
+        cfg,
+        run_name=job_run_name(cfg),
+        parent_run_id=parent_run_id(),
+        tags={"launcher": "hydra", **tracking.source_tags("trpo-train")},
+        folder=run_dir,
+    )
 
 
 def check_resume(cfg: Config) -> None:

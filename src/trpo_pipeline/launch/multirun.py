@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,16 @@ class MlflowParentRun(Callback):
     def _close(self, *, failed: bool) -> None:
         if self.run_id is not None and self.tracking is not None:
             run_id, self.run_id = self.run_id, None
-            tracking.finish_parent_run(self.tracking, run_id, failed=failed)
+            unfinished = tracking.finish_parent_run(self.tracking, run_id, failed=failed)
+            if failed and unfinished:
+                print(_failed_jobs(unfinished, run_id), file=sys.stderr)
+
+
+def _failed_jobs(children: list[Any], parent_run_id: str) -> str:
+    """Which jobs of a failed multirun did not finish, one line each (their MLflow runs)."""
+    lines = [f"multirun: {len(children)} job(s) did not finish (MLflow parent {parent_run_id}):"]
+    lines += [f"  {c.info.status:<8} {c.info.run_name}  run {c.info.run_id}" for c in children]
+    return "\n".join(lines)
 
 
 def _mask_file(path: Path) -> None:
@@ -78,25 +88,29 @@ def _mask_file(path: Path) -> None:
         atomic_write(path, mask(text))
 
 
-def parent_run_id() -> str | None:
-    """Inside a Hydra job: the parent run of its multirun (None in a single run)."""
+def is_multirun_job() -> bool:
+    """Inside a Hydra task: it is one job of a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parent_run_id() -> str | None:
+    """Inside a Hydra job: the parent run of its multirun (None in a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not is_multirun_job():
         return None
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    return tracking.read_ref(Path(str(hc.sweep.dir)) / PARENT_REF).get("run_id")
+    sweep_dir = Path(str(HydraConfig.get().sweep.dir))
+    return tracking.read_ref(sweep_dir / PARENT_REF).get("run_id")
 
 
 def job_run_name(cfg: Config) -> str:
     """A child run is named after its job's overrides; a single run after name and seed."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if is_multirun_job():
         hc = HydraConfig.get()
         return hc.job.override_dirname or f"job{hc.job.num}"
     return tracking.default_run_name(cfg)

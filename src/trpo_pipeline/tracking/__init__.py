@@ -56,6 +56,7 @@ from trpo_pipeline.tracking.run import (
     start_run,
 )
 from trpo_pipeline.tracking.stage_records import (
+    log_curve,
     log_evaluation,
     log_training,
     register_evaluation,
@@ -101,6 +102,7 @@ __all__ = [
     "flatten_config",
     "git_state",
     "is_outage",
+    "log_curve",
     "log_evaluation",
     "log_policy_model",
     "log_training",

@@ -59,9 +59,11 @@ def child_runs(uri: str, parent_run_id: str) -> list[Any]:
     )
 
 
-def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = False) -> None:
+def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = False) -> list[Any]:
     """FAILED if ``failed`` or a child failed, else FINISHED; a parent without children is
-    deleted (nothing ran under it). A store gone away meanwhile costs one warning line."""
+    deleted (nothing ran under it). Returns the children that did not finish (FAILED, KILLED,
+    or still RUNNING when the multirun ended). A store gone away meanwhile costs one warning
+    line."""
     uri = resolve_tracking_uri(tracking)
     try:
         with quiet_http():
@@ -69,10 +71,13 @@ def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = F
             client = mlflow_client(uri)
             if not children and not failed:
                 client.delete_run(run_id)
-                return
+                return []
+            unfinished = [c for c in children if c.info.status != "FINISHED"]
             failed = failed or bool({c.info.status for c in children} & {"FAILED", "KILLED"})
             client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+            return unfinished
     except Exception as err:
         if not is_outage(err):
             raise
         warn_unreachable(uri, err, f"parent run {run_id} was left open")
+        return []

@@ -72,6 +72,9 @@ class TrackedRun:
     _creation: dict[str, Any] = field(default_factory=dict, repr=False)
     _marker: Pending | None = field(default=None, repr=False)
     _monitor: Any = field(default=None, repr=False)  # MLflow's system metrics monitor
+    # A reopened run sends only the (key, step) pairs MLflow lacks: {key: steps it holds}, each
+    # key's history read once, when the key is first sent; None for a new run.
+    _held: dict[str, set[int]] | None = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -171,10 +174,25 @@ class TrackedRun:
         metrics, self._pending = self._pending, []
 
         def send() -> None:
-            for i in range(0, len(metrics), MAX_BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH])
+            lacking = self._lacking(metrics)
+            for i in range(0, len(lacking), MAX_BATCH):
+                self.client.log_batch(self.run_id, metrics=lacking[i : i + MAX_BATCH])
 
         self._call(send, lambda marker: marker.add_metrics(metrics, self._curve))
+
+    def _lacking(self, metrics: list[Metric]) -> list[Metric]:
+        """``metrics`` less the steps a reopened run already holds (a restarted job logs the
+        updates after its checkpoint again: each metric stays in MLflow once)."""
+        if self._held is None:
+            return metrics
+        for key in {m.key for m in metrics} - self._held.keys():
+            self._held[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        lacking = []
+        for m in metrics:
+            if m.step not in self._held[m.key]:
+                self._held[m.key].add(m.step)
+                lacking.append(m)
+        return lacking
 
     # artifacts
 
@@ -343,16 +361,25 @@ def reopen_run(cfg: Config, ref: Path, *, folder: Path | None = None) -> Tracked
     tracked.experiment_id = run.info.experiment_id
     if cfg.tracking.system_metrics:
         tracked.watch_system(resume=True)
+    tracked._held = {}
     return tracked
 
 
 @contextlib.contextmanager
-def recording(run: TrackedRun) -> Iterator[TrackedRun]:
-    """Close ``run`` on leaving: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+def recording(run: TrackedRun, *, close_on_exit: bool = True) -> Iterator[TrackedRun]:
+    """Close ``run`` on leaving: FINISHED, FAILED on an error, KILLED on Ctrl-C. With
+    ``close_on_exit=False`` a SystemExit leaves it open, sending what is buffered: submitit
+    exits so when it has requeued the job, whose next attempt continues the run."""
     try:
         yield run
     except KeyboardInterrupt:
         run.finish("KILLED")
+        raise
+    except SystemExit:
+        if close_on_exit:
+            run.finish("FAILED")
+        else:
+            run.flush()
         raise
     except BaseException:
         run.finish("FAILED")
