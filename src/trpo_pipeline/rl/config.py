@@ -51,10 +51,24 @@ class EnvConfig:
     clip_obs: float = setting(10.0, "normalised observations are clipped to +-clip_obs", gt=0)
     normalize_reward: bool = setting(False, "divide rewards by the running std of the return")
     clip_reward: float = setting(10.0, "scaled rewards are clipped to +-clip_reward", gt=0)
+    vectorization: str = setting(
+        "sync",
+        "how training steps its envs: sync (gymnasium, one after another) or envpool (C++ "
+        "threads, MuJoCo ids); evaluation always uses gymnasium's envs",
+        one_of=runtime.VECTORIZATIONS,
+    )
+    envpool_threads: int = setting(
+        0,
+        "EnvPool's worker threads (0: EnvPool chooses); results do not depend on it",
+        ge=0,
+        le=1024,
+    )
 
     def check(self) -> None:
         if problem := runtime.env_id_problem(self.id):
             raise ConfigError("id", problem)
+        if problem := runtime.vectorization_problem(self.vectorization, self.id):
+            raise ConfigError("vectorization", problem)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from trpo_pipeline.rl.envpool_env import EnvPoolVectorEnv
+
 # NEXT_STEP is the one mode every gymnasium vector env supports (the native CartPole vector env
 # supports nothing else): the step after a done returns the reset observation, reward 0 and
 # ignores the action. Rollouts mark that transition invalid (see rollout.py), and in exchange
@@ -37,16 +39,25 @@ def _route_mujoco_warnings() -> None:
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, *, seed_per_env: bool = False
+    env_id: str,
+    num_envs: int,
+    *,
+    seed_per_env: bool = False,
+    vectorization: str = "sync",
+    envpool_threads: int = 0,
 ) -> gym.vector.VectorEnv:
     """A vector env: gymnasium's native vectorised implementation when the env has one.
 
     ``seed_per_env`` asks for one gymnasium env per slot instead, so that ``reset(seed=s)``
     seeds env i with s + i: a native vector env (CartPole's) draws every env from one generator.
+    ``vectorization="envpool"`` gives EnvPool's C++ envs on ``envpool_threads`` threads instead
+    (MuJoCo ids; the config checks the id first, runtime.vectorization_problem).
     """
     spec = gym.spec(env_id)
     if "mujoco" in str(spec.entry_point):
         _route_mujoco_warnings()
+    if vectorization == "envpool":
+        return EnvPoolVectorEnv(env_id, num_envs, threads=envpool_threads)
     if spec.vector_entry_point is not None and not seed_per_env:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     else:

@@ -53,7 +53,8 @@ class EnvState:
 
     @classmethod
     def reset(cls, envs: gym.vector.VectorEnv, seed: int) -> EnvState:
-        """Reset env i with seed ``seed + i`` (gymnasium's convention) and seed the action space."""
+        """Reset env i with seed ``seed + i`` (gymnasium's convention; EnvPool envs: a fresh pool
+        seeded with ``seed``) and seed the action space."""
         obs, _ = envs.reset(seed=seed)
         envs.action_space.seed(seed)
         n = envs.num_envs

@@ -1,8 +1,9 @@
-"""What depends on this machine: the environments gymnasium knows and the devices torch sees.
+"""What depends on this machine: the environments gymnasium and EnvPool know and the devices
+torch sees.
 
-The two checks that need gymnasium or torch live here, and only here. torch and gymnasium are
-imported inside the functions so that reading a config stays fast for commands that end on a
-bad value before anything runs.
+The checks that need gymnasium, EnvPool or torch live here, and only here. They are imported
+inside the functions so that reading a config stays fast for commands that end on a bad value
+before anything runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("cpu", "cuda", "auto")
+VECTORIZATIONS = ("sync", "envpool")
 
 
 def env_id_problem(env_id: str) -> str | None:
@@ -28,6 +30,33 @@ def env_id_problem(env_id: str) -> str | None:
     )
     hint = f" (did you mean {', '.join(close)}?)" if close else " (see gymnasium.pprint_registry())"
     return f"unknown gymnasium environment {env_id!r}{hint}"
+
+
+def envpool_mujoco_ids() -> list[str]:
+    """The gymnasium MuJoCo ids EnvPool has (rl/envpool_env.py runs them). ImportError when
+    envpool is not installed; its import takes about 2 s, paid only when it is asked for."""
+    import envpool
+    import gymnasium as gym
+
+    have = set(envpool.list_all_envs())
+    return sorted(
+        k for k, spec in gym.registry.items() if "mujoco" in str(spec.entry_point) and k in have
+    )
+
+
+def vectorization_problem(vectorization: str, env_id: str) -> str | None:
+    """What is wrong with stepping ``env_id`` with ``vectorization`` here (None: it can)."""
+    if vectorization != "envpool":
+        return None
+    allowed = f"allowed: {', '.join(VECTORIZATIONS)}"
+    try:
+        ids = envpool_mujoco_ids()
+    except ImportError:
+        return f"envpool is not installed (pip install envpool==1.2.5; {allowed})"
+    if env_id in ids:
+        return None
+    latest = ", ".join(k for k in ids if k.endswith("-v5"))
+    return f"envpool has no {env_id}: it runs the MuJoCo ids {latest} and older ({allowed})"
 
 
 def device_problem(name: str) -> str | None:

@@ -306,7 +306,12 @@ def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) 
     device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.torch_threads)
     seed_everything(cfg.seed)
-    envs = make_vector_env(cfg.env.id, cfg.algo.num_envs)
+    envs = make_vector_env(
+        cfg.env.id,
+        cfg.algo.num_envs,
+        vectorization=cfg.env.vectorization,
+        envpool_threads=cfg.env.envpool_threads,
+    )
     try:
         agent = build_agent(cfg, *space_dims(envs), device)
         progress = _start(agent, cfg)
