@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, REPO, command_env, free_port, new_store, run
+from pipeline_support import BIN, REPO, command_env, copy_repository, free_port, new_store, run
 from trpo_pipeline import tracking
 from trpo_pipeline.tracking.store import is_outage, refusal_status
 
@@ -320,7 +320,7 @@ def files_holding(folder: Path, secret: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow  # the DVC stages, a multirun of 2, a study of 2 trials, a report: 1-3 min
+@pytest.mark.slow  # dvc repro, a multirun of 2, a study of 2 trials, a report: 2-5 min
 def test_no_password_reaches_a_file_a_run_an_artifact_a_trial_or_the_terminal(
     server, tmp_path, monkeypatch
 ) -> None:
@@ -329,13 +329,12 @@ def test_no_password_reaches_a_file_a_run_an_artifact_a_trial_or_the_terminal(
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     secret = PASSWORDS["carol"]
-    work = new_work(tmp_path / "work")
+    work = copy_repository(tmp_path / "repo")  # a git repository with DVC: `dvc repro` runs
     env = as_env("carol", secret, PYTHONUNBUFFERED="1")
     outputs: list[str] = []
     commands = [
         [str(BIN / "trpo-params"), *TRAIN, *track(server)],
-        *([sys.executable, "-m", f"trpo_pipeline.stages.{s}"] for s in ("train", "evaluate")),
-        [sys.executable, "-m", "trpo_pipeline.stages.report"],
+        [str(BIN / "dvc"), "repro"],  # train -> evaluate -> report, dvc.lock, DVC's cache
         [str(BIN / "trpo-train"), "-m", *TRAIN, *track(server), "seed=0,1", "name=multi"],
         [str(BIN / "trpo-tune"), *TUNE, *track(server)],
         [str(BIN / "trpo-report"), "--experiment", EXPERIMENT, "--tracking-uri", server["uri"],
@@ -346,7 +345,7 @@ def test_no_password_reaches_a_file_a_run_an_artifact_a_trial_or_the_terminal(
         outputs += [done.stdout, done.stderr]
 
     assert [o for o in outputs if secret in o] == []
-    assert files_holding(work, secret) == []
+    assert files_holding(work, secret) == ["tests/test_auth_server.py"]  # the copy of this file
     assert files_holding(server["tmp"], secret) == []  # the stores, artifacts, the server's log
 
     with credentials("carol", secret):
@@ -361,6 +360,7 @@ def test_no_password_reaches_a_file_a_run_an_artifact_a_trial_or_the_terminal(
             assert files_holding(artifacts, secret) == []
             shutil.rmtree(artifacts)
 
+    assert (work / "dvc.lock").is_file() and (work / "outputs" / "report").is_dir()
     storage = f"sqlite:///{work / 'optuna.db'}"
     study = optuna.load_study(study_name="team", storage=storage)
     assert len(study.trials) == 2

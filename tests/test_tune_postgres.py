@@ -226,3 +226,47 @@ def test_the_workers_role_is_least_privileged_and_a_pgpass_file_replaces_pgpassw
         open_storage(StorageConfig(url=postgres_url, heartbeat_interval=None))
     assert "password authentication failed" in str(refused.value)
     assert WORKER_PASSWORD not in str(refused.value)
+
+
+MLFLOW_ROLE = os.environ.get("TRPO_TEST_POSTGRES_MLFLOW", "trpo_mlflow")
+MLFLOW_PASSWORD = os.environ.get("TRPO_TEST_POSTGRES_MLFLOW_PASSWORD", "Pg-Mlflow-4Rz7")
+
+
+@pytest.mark.slow  # MLflow's schema migrations on PostgreSQL: 10-60 s
+def test_the_mlflow_role_owns_its_database_and_runs_mlflows_migrations(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/security.md's role for the tracking server's backend store: no superuser, it owns
+    its database (CREATE DATABASE ... OWNER, run by the DBA), MLflow creates its schema there.
+    (``postgres_url``: for its skip-or-fail when PostgreSQL is not there.)"""
+    import psycopg2
+    from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    name = f"trpo_mlflow_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" OWNER "{MLFLOW_ROLE}"')
+        cur.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+    try:
+        monkeypatch.setenv("PGPASSWORD", MLFLOW_PASSWORD)
+        host = make_url(ADMIN_URL)
+        uri = f"postgresql+psycopg2://{MLFLOW_ROLE}@{host.host}:{host.port or 5432}/{name}"
+        client = MlflowClient(tracking_uri=uri)  # creates and migrates the schema
+        run = client.create_run(client.create_experiment("least-privilege"))
+        client.log_metric(run.info.run_id, "x", 1.0, step=0)
+        assert client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
+        with psycopg2.connect(make_url(uri).set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )) as conn, conn.cursor() as cur:  # fmt: skip
+            cur.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles"
+                " WHERE rolname = current_user"
+            )
+            assert cur.fetchone() == (False, False, False)
+        conn.close()
+    finally:
+        with admin.cursor() as cur:  # FORCE: MLflow's engine keeps its connections open
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
