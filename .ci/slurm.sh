@@ -14,7 +14,7 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmdbd >/dev/null 2>
     slurmctld slurmd slurm-client munge slurmdbd mariadb-server
 fi
 
-if sinfo -h -o %t 2>/dev/null | grep -qx idle; then
+if sinfo -h -o %t 2>/dev/null | grep -qx idle && sacct -n -X >/dev/null 2>&1; then
   echo "slurm: already up: $(sinfo -h -o '%P %D %t')"
   exit 0
 fi
