@@ -373,12 +373,18 @@ def test_an_interrupted_trpo_tune_continues_the_same_study(conf: Path, tmp_path:
     )
     out = []
     deadline = time.monotonic() + 120
-    for line in first.stdout:  # Ctrl-C once the first trial has finished
+    for line in first.stdout:  # Ctrl-C once the first trial has finished ...
         out.append(line)
         if line.startswith("trial   0 "):
-            first.send_signal(signal.SIGINT)
             break
         assert time.monotonic() < deadline, "".join(out)
+    # ... and the second one trains (its folder is there): cut mid-trial. Sooner, the signal can
+    # land while Optuna creates the trial, outside the objective, and leave it RUNNING until its
+    # heartbeat goes stale.
+    second_trial = tmp_path / "runs" / "tune" / "resume" / "trial_1"
+    while not second_trial.is_dir() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
     out.append(first.communicate(timeout=60)[0])
     assert first.returncode == 130, "".join(out)
     assert "Run the same command again to continue study 'resume'" in "".join(out)
