@@ -8,6 +8,7 @@ intervals on fixed seeds with the training clock paused. Results go to
 
     .venv-bench/bin/python benchmarks/bench.py                     # cartpole + pendulum, 3 seeds
     .venv-bench/bin/python benchmarks/bench.py --envs halfcheetah   # 1M steps, 3 seeds (~37 min)
+    .venv-bench/bin/python benchmarks/bench.py --envs hopper ant    # MuJoCo suite: 1M steps each
     .venv-bench/bin/python benchmarks/bench.py --seeds 1 --budget-scale 0.05   # smoke
 """
 
@@ -51,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         choices=sorted(ENVS),
         default=["cartpole", "pendulum"],
-        help="environments to run (halfcheetah is a 1M-step run: not in CI)",
+        help="environments to run (the MuJoCo ones are 1M-step runs: not in CI)",
     )
     parser.add_argument(
         "--seeds",
