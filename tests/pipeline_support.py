@@ -142,19 +142,30 @@ def mlflow_server(store_uri: str, folder: Path) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            while not _answers(f"{base}/health"):
-                assert proc.poll() is None, (folder / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not come up in 180 s"
-                time.sleep(1)
+            wait_until_healthy(base, proc, folder / "server.log")
             yield base
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            stop_group(proc)
+
+
+def wait_until_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until the server at ``base`` answers /health; fails with its log's tail if it dies."""
+    deadline = time.monotonic() + timeout
+    while not _answers(f"{base}/health"):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{base} did not come up in {timeout:.0f} s"
+        time.sleep(1)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True and its workers: SIGTERM, then
+    SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _answers(url: str) -> bool:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, REPO, command_env, run
+from pipeline_support import BIN, REPO, command_env, run, stop_group, wait_until_healthy
 from test_mlflow_server import free_port
 
 ADMIN_URL = os.environ.get(
@@ -92,25 +90,10 @@ def server(database: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the team server did not come up in 180 s"
-            time.sleep(1)
+        wait_until_healthy(base, proc, tmp_path / "server.log")
         yield {"base": base, "artifacts": artifacts, "port": port}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc)
         log.close()
 
 
