@@ -38,7 +38,7 @@ TINY = [
 # Long enough (about 10 s a job here) to be caught mid-training; a checkpoint every 3 updates,
 # so a restart drops rows (and MLflow already holds metrics) written after its checkpoint.
 LONGER = [
-    "train.total_steps=60000",
+    "train.total_steps=120000",  # a few seconds of training: a signal lands mid-way
     "algo.steps_per_update=256",
     "algo.num_envs=4",
     "policy.hidden_sizes=[16]",
@@ -245,8 +245,11 @@ def test_a_job_that_fails_for_good_is_reported_and_the_sweep_fails(tmp_path: Pat
     # Under 13 minutes submitit takes any USR2 for a timeout; with no timeouts allowed the job
     # is then not requeued but ends as failed.
     launcher = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5"]
+    # Long enough that the signal lands mid-training on a quiet machine too.
+    longest = [o for o in LONGER if not o.startswith("train.total_steps=")]
+    longest.append("train.total_steps=400000")
     argv = sweep_command(
-        tmp_path, sweep, [*launcher, "hydra.launcher.max_num_timeout=0", "seed=0,1", *LONGER]
+        tmp_path, sweep, [*launcher, "hydra.launcher.max_num_timeout=0", "seed=0,1", *longest]
     )
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

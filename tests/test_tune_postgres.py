@@ -118,9 +118,13 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
         "PYTHONUNBUFFERED": "1",
     }
     cap = 5
+    # Trials of a few seconds, so that the trial seen RUNNING is still running when its worker
+    # is killed (with TINY's one-second trials it could finish in between on a quiet machine).
+    longer = [o for o in TINY if not o.startswith("train.total_steps=")]
     argv = [
         str(BIN / "trpo-tune"),
-        *TINY,
+        *longer,
+        "train.total_steps=24576",
         f"tune.storage.url={postgres_url}",
         f"tune.n_trials={cap}",
         "tune.study_name=shared",
