@@ -16,6 +16,7 @@ from trpo_pipeline.errors import fail
 from trpo_pipeline.launch.command_line import CommandLine, planned_output_dir, preflight, read
 from trpo_pipeline.launch.compose import CONFIG_NAME, find_conf_dir
 from trpo_pipeline.rl.errors import CheckpointError
+from trpo_pipeline.shutdown import skip_final_collection
 
 # check(configs of every job, the folder Hydra will write to, the command line): what else can
 # be known before anything runs; raises ConfigError.
@@ -53,6 +54,7 @@ def check_command(argv: list[str], conf_dir: Path, check: Check | None) -> Path 
 
 def run_hydra_app(prog: str, task: Callable[[Any], Any], check: Check | None = None) -> None:
     """Check the command line, then hand it to Hydra with conf/ as the config dir."""
+    skip_final_collection()
     conf_dir = find_conf_dir()
     try:
         folder = check_command(sys.argv[1:], conf_dir, check)

@@ -13,6 +13,7 @@ from trpo_pipeline.config import Config, ConfigError, config_from_dict
 from trpo_pipeline.errors import fail
 from trpo_pipeline.rl.errors import CheckpointError
 from trpo_pipeline.rl.run_files import VIDEO_DIR
+from trpo_pipeline.shutdown import skip_final_collection
 from trpo_pipeline.tracking.run import RUN_REF
 
 PARAMS = Path("params.yaml")
@@ -52,6 +53,7 @@ def fresh(folder: Path) -> None:
 def run_stage(name: str, stage: Stage, argv: Sequence[str] | None = None) -> None:
     """``python -m trpo_pipeline.stages.<name> [--params FILE]``: a user error (a bad
     params.yaml, an unusable checkpoint) ends with one line and exit status 2."""
+    skip_final_collection()
     parser = argparse.ArgumentParser(
         prog=f"trpo-stage {name}", description=f"The {name} stage of the DVC pipeline."
     )
