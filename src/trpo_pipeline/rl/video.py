@@ -51,22 +51,29 @@ def record_episode(
     ``max_frames`` frames to ``folder/episode-<episode>.mp4``, the first one as its poster."""
     import imageio.v2 as imageio  # deferred: only a recording evaluation needs it
 
-    env = gym.make(env_id, render_mode="rgb_array")
-    frames: list[np.ndarray] = []
-    try:
-        env.reset(seed=seed)
-        for action in actions[:max_frames]:
-            frames.append(np.asarray(env.render()))
-            env.step(action)
-        fps = int(env.metadata.get("render_fps") or DEFAULT_FPS)
-    finally:
-        env.close()
-    if not frames:
+    if not len(actions):
         raise ValueError(f"episode with seed {seed} took no actions: nothing to record")
     out = folder / video_name(episode)
     folder.mkdir(parents=True, exist_ok=True)
+    env = gym.make(env_id, render_mode="rgb_array")
+    fps = int(env.metadata.get("render_fps") or DEFAULT_FPS)
+    # Each frame goes to ffmpeg as soon as it is rendered: ffmpeg (a process of its own)
+    # encodes on another core while the next frames render, instead of after all of them.
     # macro_block_size=1: frames keep their size (600 px wide CartPole is not padded to 608).
-    imageio.mimwrite(out, frames, fps=fps, codec="libx264", macro_block_size=1)
+    writer = imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=1)
+    poster_frame = None  # the first frame
+    count = 0
+    try:
+        env.reset(seed=seed)
+        for action in actions[:max_frames]:
+            frame = np.asarray(env.render())
+            writer.append_data(frame)
+            poster_frame = frame if count == 0 else poster_frame
+            count += 1
+            env.step(action)
+    finally:
+        env.close()
+        writer.close()
     poster = out.with_suffix(".png")
-    imageio.imwrite(poster, frames[0])
-    return Video(out, poster, len(frames), episode)
+    imageio.imwrite(poster, poster_frame)
+    return Video(out, poster, count, episode)
