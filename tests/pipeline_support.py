@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
 
 # Trains in a couple of seconds: 2048 env steps, batches of 512 over 4 envs, 3 eval episodes.
 TINY = [
@@ -30,6 +31,8 @@ TINY = [
     "evaluate.episodes=3",
     "train.progress=false",
 ]
+
+STAGES = ("train", "evaluate", "report")  # dvc.yaml's, in order
 
 _template: Path | None = None
 # Untracked folders that are not the project (another virtualenv, generated reports).
@@ -120,6 +123,28 @@ def git(repo: Path, *args: str) -> str:
 def commit_all(repo: Path, message: str) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages of dvc.yaml that a `dvc repro` or `dvc exp run` output says it ran."""
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def exp_sets(*overrides: str) -> list[str]:
+    """`dvc exp run` arguments for the tiny budget plus ``overrides``: with Hydra composition,
+    -S recomposes params.yaml from conf/, so the tiny budget is set again each time."""
+    return [arg for override in (*TINY, *overrides) for arg in ("-S", override)]
+
+
+def repro_tiny(repo: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """In a repository copy: params.yaml at the tiny budget, committed; `dvc repro`; dvc.lock
+    committed (the results of HEAD, as a user commits them). Returns the repro's output."""
+    run([str(BIN / "trpo-params"), *TINY], repo, env)
+    commit_all(repo, "tiny budget")
+    done = run([DVC, "repro"], repo, env)
+    git(repo, "add", "dvc.lock")
+    git(repo, "commit", "-q", "-m", "pipeline results")
+    return done
 
 
 @contextlib.contextmanager
