@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
+TEAM_SERVER = REPO / "tools" / "mlflow-team-server.sh"
 
 # Trains in a couple of seconds: 2048 env steps, batches of 512 over 4 envs, 3 eval episodes.
 TINY = [
@@ -145,6 +146,36 @@ def repro_tiny(repo: Path, env: Mapping[str, str]) -> subprocess.CompletedProces
     git(repo, "add", "dvc.lock")
     git(repo, "commit", "-q", "-m", "pipeline results")
     return done
+
+
+@contextlib.contextmanager
+def credentials(user: str, password: str) -> Iterator[None]:
+    """MLflow's client in this process talks as ``user`` (as a command's environment would)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_team_server(folder: Path, settings: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """tools/mlflow-team-server.sh as `make team-server` runs it (MLFLOW: this venv's), in
+    ``folder``/team unless ``settings`` name TEAM_DIR, its output in ``folder``/server.log."""
+    env = command_env({"MLFLOW": str(BIN / "mlflow"), "TEAM_DIR": str(folder / "team"), **settings})
+    with (folder / "server.log").open("w") as log:  # the server writes to its own copy
+        return subprocess.Popen(
+            ["bash", str(TEAM_SERVER)],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the server and its workers, stopped together
+        )
 
 
 @contextlib.contextmanager
