@@ -35,23 +35,13 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# The team's tracking server: MLflow's basic-auth app on this machine only (put a TLS reverse
-# proxy in front for others: docs/security.md). Secrets come from the environment, never a file
-# here: MLFLOW_AUTH_ADMIN_PASSWORD (the admin's, 12+ characters, read when the user store is
-# first created) and MLFLOW_FLASK_SERVER_SECRET_KEY (signs the UI's sessions). Its stores live in
-# TEAM_DIR; TEAM_STORE may name a PostgreSQL database instead (docs/security.md has the role).
-TEAM_DIR ?= team-server
-TEAM_PORT ?= 5000
-TEAM_STORE ?= sqlite:///$(abspath $(TEAM_DIR))/mlflow.db
-
+# The team's tracking server, tools/mlflow-team-server.sh: MLflow's basic-auth app on this
+# machine only (put a TLS reverse proxy in front for others: docs/security.md). Its secrets and
+# settings come from the environment, never a file here: MLFLOW_AUTH_ADMIN_PASSWORD and
+# MLFLOW_FLASK_SERVER_SECRET_KEY (required), TEAM_STORE (a PostgreSQL database; default SQLite in
+# team-server/), TEAM_DIR, TEAM_ARTIFACTS, TEAM_PORT, TEAM_WORKERS (the script says each).
 team-server: install
-	@test -n "$$MLFLOW_AUTH_ADMIN_PASSWORD" -a -n "$$MLFLOW_FLASK_SERVER_SECRET_KEY" || { \
-	  echo "make team-server: set MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) and" \
-	       "MLFLOW_FLASK_SERVER_SECRET_KEY in the environment (docs/security.md)" >&2; exit 2; }
-	mkdir -p $(TEAM_DIR)
-	cd $(TEAM_DIR) && MLFLOW_AUTH_CONFIG_PATH=$(abspath deploy/mlflow-auth.ini) \
-	  $(abspath $(BIN))/mlflow server --app-name basic-auth --backend-store-uri $(TEAM_STORE) \
-	  --artifacts-destination $(abspath $(TEAM_DIR))/mlartifacts --host 127.0.0.1 --port $(TEAM_PORT)
+	MLFLOW=$(abspath $(BIN))/mlflow tools/mlflow-team-server.sh
 
 # Re-pin every dependency after changing pyproject.toml.
 lock:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+TEAM_SERVER = REPO / "tools" / "mlflow-team-server.sh"
 
 # Trains in a couple of seconds: 2048 env steps, batches of 512 over 4 envs, 3 eval episodes.
 TINY = [
@@ -30,6 +32,8 @@ TINY = [
     "evaluate.episodes=3",
     "train.progress=false",
 ]
+
+STAGES = ("train", "evaluate", "report")  # dvc.yaml's, in order
 
 _template: Path | None = None
 # Untracked folders that are not the project (another virtualenv, generated reports).
@@ -120,6 +124,58 @@ def git(repo: Path, *args: str) -> str:
 def commit_all(repo: Path, message: str) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages of dvc.yaml that a `dvc repro` or `dvc exp run` output says it ran."""
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def exp_sets(*overrides: str) -> list[str]:
+    """`dvc exp run` arguments for the tiny budget plus ``overrides``: with Hydra composition,
+    -S recomposes params.yaml from conf/, so the tiny budget is set again each time."""
+    return [arg for override in (*TINY, *overrides) for arg in ("-S", override)]
+
+
+def repro_tiny(repo: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """In a repository copy: params.yaml at the tiny budget, committed; `dvc repro`; dvc.lock
+    committed (the results of HEAD, as a user commits them). Returns the repro's output."""
+    run([str(BIN / "trpo-params"), *TINY], repo, env)
+    commit_all(repo, "tiny budget")
+    done = run([DVC, "repro"], repo, env)
+    git(repo, "add", "dvc.lock")
+    git(repo, "commit", "-q", "-m", "pipeline results")
+    return done
+
+
+@contextlib.contextmanager
+def credentials(user: str, password: str) -> Iterator[None]:
+    """MLflow's client in this process talks as ``user`` (as a command's environment would)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_team_server(folder: Path, settings: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """tools/mlflow-team-server.sh as `make team-server` runs it (MLFLOW: this venv's), in
+    ``folder``/team unless ``settings`` name TEAM_DIR, its output in ``folder``/server.log."""
+    env = command_env({"MLFLOW": str(BIN / "mlflow"), "TEAM_DIR": str(folder / "team"), **settings})
+    with (folder / "server.log").open("w") as log:  # the server writes to its own copy
+        return subprocess.Popen(
+            ["bash", str(TEAM_SERVER)],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the server and its workers, stopped together
+        )
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
-"""A team's tracking server: a real `mlflow server --app-name basic-auth` (deploy/mlflow-auth.ini,
-as `make team-server` runs it), users created through its API, permissions granted by an
-experiment's owner. Who may write records runs under their own name; a refusal (wrong password,
-unknown user, read-only user, a user without a grant, no credentials) stops trpo-train, the DVC
-train stage and trpo-tune in one line before anything is written; the read-only user still
-reports and reproduces; no password reaches a file, a run, an artifact, a trial or the terminal.
+"""A team's tracking server: a real `mlflow server --app-name basic-auth` (deploy/mlflow-auth.ini)
+started by tools/mlflow-team-server.sh as `make team-server` runs it, users created through its
+API, permissions granted by an experiment's owner. Who may write records runs under their own
+name; a refusal (wrong password, unknown user, read-only user, a user without a grant, no
+credentials) stops trpo-train, the DVC train stage and trpo-tune in one line before anything is
+written; the read-only user still reports and reproduces; no password reaches a file, a run, an
+artifact, a trial or the terminal.
 
 One server for the whole module. Without one (it cannot start here) the tests skip, unless CI
 is set: there they fail.
@@ -11,7 +12,6 @@ is set: there they fail.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -26,7 +26,17 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, REPO, command_env, copy_repository, free_port, new_store, run
+from pipeline_support import (
+    BIN,
+    REPO,
+    command_env,
+    copy_repository,
+    credentials,
+    free_port,
+    new_store,
+    run,
+    start_team_server,
+)
 from trpo_pipeline import tracking
 from trpo_pipeline.tracking.store import is_outage, refusal_status
 
@@ -69,21 +79,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
-def credentials(user: str, password: str) -> Iterator[None]:
-    """MLflow's client in this process talks as ``user`` (as a command's environment would)."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def as_env(user: str | None, password: str | None = None, **extra: str) -> dict[str, str]:
     """A command's environment with MLflow's credential variables (and only those) set."""
     creds = {} if user is None else {"MLFLOW_TRACKING_USERNAME": user}
@@ -93,27 +88,17 @@ def as_env(user: str | None, password: str | None = None, **extra: str) -> dict[
 
 
 def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    env = command_env(
+    return start_team_server(
+        tmp,
         {
-            "MLFLOW_AUTH_CONFIG_PATH": str(REPO / "deploy" / "mlflow-auth.ini"),
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret-key",
+            "TEAM_STORE": new_store(tmp / "store"),
+            "TEAM_PORT": str(port),
+            "TEAM_WORKERS": "1",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # 2 processes, not 15
-        }
+        },
     )
-    return subprocess.Popen(
-        [
-            str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-            "--backend-store-uri", new_store(tmp / "store"),
-            "--artifacts-destination", str(tmp / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        cwd=tmp,  # deploy/mlflow-auth.ini puts the user store (basic_auth.db) here
-        env=env,
-        stdout=(tmp / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers form one process group, stopped together
-    )  # fmt: skip
 
 
 def _wait_for(proc: subprocess.Popen[bytes], base: str, log: Path) -> str | None:

@@ -20,22 +20,18 @@ import yaml
 
 from pipeline_support import (
     BIN,
+    DVC,
     REPO,
-    TINY,
     command_env,
-    commit_all,
     copy_repository,
+    exp_sets,
     git,
     new_store,
+    ran_stages,
+    repro_tiny,
     run,
 )
 from trpo_pipeline import tracking
-
-DVC = str(BIN / "dvc")
-
-
-def ran_stages(output: str) -> list[str]:
-    return [s for s in ("train", "evaluate", "report") if f"Running stage '{s}'" in output]
 
 
 def exp_metrics(repo: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -62,14 +58,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo = copy_repository(tmp / "repo")
     uri = new_store(tmp / "store")
     env = command_env({"MLFLOW_TRACKING_URI": uri})
-    run([str(BIN / "trpo-params"), *TINY], repo, env)
-    commit_all(repo, "tiny budget")
-    start = time.perf_counter()
-    first = run([DVC, "repro"], repo, env)
-    seconds = time.perf_counter() - start
-    git(repo, "add", "dvc.lock")
-    git(repo, "commit", "-q", "-m", "pipeline results")
-    return {"repo": repo, "env": env, "uri": uri, "first": first, "seconds": seconds}
+    first = repro_tiny(repo, env)
+    return {"repo": repo, "env": env, "uri": uri, "first": first}
 
 
 def test_committed_params_yaml_is_conf_composed_as_dvc_does(tmp_path: Path) -> None:
@@ -156,8 +146,7 @@ def test_exp_run_recomposes_params_and_shows_metrics(pipeline: dict[str, Any]) -
 
     repo, env = pipeline["repo"], pipeline["env"]
     reset_to_baseline(repo, env)
-    sets = [a for o in [*TINY, "algo.max_kl=0.02"] for a in ("-S", o)]
-    out = run([DVC, "exp", "run", "--name", "kl02", *sets], repo, env)
+    out = run([DVC, "exp", "run", "--name", "kl02", *exp_sets("algo.max_kl=0.02")], repo, env)
     assert ran_stages(out.stdout) == ["train", "evaluate", "report"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["algo"]["max_kl"] == 0.02
@@ -190,7 +179,7 @@ def test_evaluation_param_reruns_evaluate_and_report_not_train(pipeline: dict[st
     reset_to_baseline(repo, env)
     checkpoint_before = (repo / "outputs/train/checkpoint.pt").read_bytes()
     train_run = tracking.read_ref(repo / "outputs/train/mlflow_run.json")["run_id"]
-    sets = [a for o in [*TINY, "evaluate.episodes=4"] for a in ("-S", o)]
+    sets = exp_sets("evaluate.episodes=4")
     out = run([DVC, "exp", "run", "--name", "eval4", *sets], repo, env)
 
     assert ran_stages(out.stdout) == ["evaluate", "report"]
@@ -215,7 +204,7 @@ def test_queued_experiments_share_the_repository_store(pipeline: dict[str, Any])
     repo = pipeline["repo"]
     env = command_env()  # the default store: <repo>/mlflow.db
     reset_to_baseline(repo, env)
-    sets = [a for o in [*TINY, "tracking.log_model=false", "seed=range(1,3)"] for a in ("-S", o)]
+    sets = exp_sets("tracking.log_model=false", "seed=range(1,3)")
     run([DVC, "exp", "run", "--queue", *sets], repo, env)
     run([DVC, "queue", "start", "-j", "2"], repo, env)
     deadline = time.monotonic() + 600

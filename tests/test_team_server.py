@@ -1,6 +1,8 @@
-"""The team's tracking server (tools/mlflow-team-server.sh): `mlflow server` on PostgreSQL with
-proxied artifacts, bound to 127.0.0.1. Under load (8 training jobs at once writing through it)
-every run is complete and holds every metric exactly once, read back through the REST API.
+"""The team's tracking server as `make team-server` starts it (tools/mlflow-team-server.sh):
+MLflow's basic-auth app on PostgreSQL with proxied artifacts, bound to 127.0.0.1. Under load (8
+training jobs at once writing through it, as a user the admin created) every run is complete and
+holds every metric exactly once, read back through the REST API; a request without credentials
+is refused. Without its secrets, or with a store it does not know, the script starts nothing.
 
 The PostgreSQL server is the one .ci/run starts (TRPO_TEST_POSTGRES_URL names a role that may
 create databases); without one the test skips, unless CI is set.
@@ -8,10 +10,12 @@ create databases); without one the test skips, unless CI is set.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -21,29 +25,36 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, REPO, command_env, run, stop_group, wait_until_healthy
-from test_mlflow_server import free_port
+from pipeline_support import (
+    BIN,
+    command_env,
+    credentials,
+    free_port,
+    run,
+    start_team_server,
+    stop_group,
+    wait_until_healthy,
+)
 
 ADMIN_URL = os.environ.get(
     "TRPO_TEST_POSTGRES_URL", "postgresql://trpo:trpo@127.0.0.1:5432/postgres"
 )
-SCRIPT = REPO / "tools" / "mlflow-team-server.sh"
 JOBS = 8
 PER_UPDATE = ("train/kl", "train/episode_return", "train/update", "train/time_s")
+SECRETS = {
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "Adm-Team-6Wp3Nc8",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret-key",
+}
+USER, PASSWORD = "runner", "Pw-Runner-7Hx2Qd"  # created by the admin; the jobs write as them
 
 
-def _get(base: str, endpoint: str, **query: str) -> dict[str, Any]:
-    url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)
-
-
-def _post(base: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+def _request(base: str, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+    """A GET (or a POST of ``body``) to the server's REST API, as USER."""
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     request = urllib.request.Request(
-        f"{base}{endpoint}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        f"{base}{endpoint}?{urllib.parse.urlencode(query)}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
@@ -76,35 +87,41 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 def server(database: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The server on the database, with its default 4 workers, and USER created by the admin."""
+    from mlflow.server.auth.client import AuthServiceClient
+
     port = free_port()
-    artifacts = tmp_path / "artifacts"
-    log = (tmp_path / "server.log").open("w")
-    env = command_env({"MLFLOW_BACKEND_STORE_URI": database, "MLFLOW": str(BIN / "mlflow")})
-    proc = subprocess.Popen(
-        ["bash", str(SCRIPT), str(artifacts), str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the server and its workers, stopped together
-    )
+    proc = start_team_server(tmp_path, {**SECRETS, "TEAM_STORE": database, "TEAM_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base, proc, tmp_path / "server.log")
-        yield {"base": base, "artifacts": artifacts, "port": port}
+        with credentials("admin", SECRETS["MLFLOW_AUTH_ADMIN_PASSWORD"]):
+            AuthServiceClient(base).create_user(USER, PASSWORD)
+        yield {"base": base, "artifacts": tmp_path / "team" / "mlartifacts", "port": port}
     finally:
         stop_group(proc)
-        log.close()
 
 
-def test_the_script_refuses_a_store_that_is_not_postgresql(tmp_path: Path) -> None:
-    done = subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path)],
-        env=command_env({"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and "must be postgresql://" in done.stderr
+def test_the_script_starts_nothing_without_its_secrets_or_with_an_unknown_store(
+    tmp_path: Path,
+) -> None:
+    cases = {  # the environment, what the one line says
+        "no secrets": ({}, "set MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) and"),
+        "no secret key": (
+            {"MLFLOW_AUTH_ADMIN_PASSWORD": SECRETS["MLFLOW_AUTH_ADMIN_PASSWORD"]},
+            "MLFLOW_FLASK_SERVER_SECRET_KEY in the environment",
+        ),
+        "a MySQL store": (
+            {**SECRETS, "TEAM_STORE": "mysql://team:Pw-Db-5Kq9@db/mlflow"},
+            "TEAM_STORE must be postgresql://... or sqlite:///..., got mysql://...",
+        ),
+    }
+    for case, (extra, says) in cases.items():
+        proc = start_team_server(tmp_path, extra)
+        assert proc.wait(timeout=30) == 2, case
+        lines = (tmp_path / "server.log").read_text().splitlines()
+        assert len(lines) == 1 and says in lines[0], (case, lines)
+        assert "Pw-Db-5Kq9" not in lines[0]  # the store's password is never echoed
 
 
 @pytest.mark.slow
@@ -133,18 +150,19 @@ def test_eight_concurrent_jobs_through_the_server_each_metric_once(
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,
-        command_env(),
+        command_env({"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}),
     )
 
     base = server["base"]
-    experiment = _get(
+    experiment = _request(
         base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="trpo-pipeline"
     )
-    found = _post(
+    found = _request(
         base,
         "/api/2.0/mlflow/runs/search",
         {"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 100},
     )["runs"]
+    assert all(r["info"]["user_id"] == USER for r in found)
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
     children = [r for r, tag in zip(found, tags, strict=True) if "mlflow.parentRunId" in tag]
     assert len(children) == JOBS == len(found) - 1
@@ -154,14 +172,14 @@ def test_eight_concurrent_jobs_through_the_server_each_metric_once(
         with (folder / "learning_curve.csv").open(newline="") as f:
             steps = sorted(int(r["env_steps"]) for r in csv.DictReader(f))
         for key in PER_UPDATE:
-            history = _get(
+            history = _request(
                 base,
                 "/api/2.0/mlflow/metrics/get-history",
                 run_id=child["info"]["run_id"],
                 metric_key=key,
             )["metrics"]
             assert sorted(int(m["step"]) for m in history) == steps, key
-        listed = _get(
+        listed = _request(
             base,
             "/api/2.0/mlflow/artifacts/list",
             run_id=child["info"]["run_id"],
@@ -170,3 +188,7 @@ def test_eight_concurrent_jobs_through_the_server_each_metric_once(
         assert "checkpoint/checkpoint.pt" in {f["path"] for f in listed["files"]}
     # Proxied: the artifacts went through the server into its destination folder.
     assert len(list(server["artifacts"].rglob("checkpoint.pt"))) == JOBS
+    # Authentication is on: the same read without credentials is refused.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
