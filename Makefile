@@ -75,13 +75,18 @@ bench: bench-install
 bench-smoke: bench-install
 	$(BENCH_BIN)/python benchmarks/bench.py $(BENCH_SMOKE_ARGS)
 
-# Re-pin the benchmark environment after changing the bench extra or requirements.lock.
+# Re-pin the benchmark environment after changing the bench extra or requirements.lock (or the
+# package's own dependencies: the lock has them too, envpool for env.vectorization=envpool
+# included, so the check below fails on a freeze that lost them).
 bench-lock:
 	rm -rf .lock-venv-bench && $(PYTHON) -m venv .lock-venv-bench
 	.lock-venv-bench/bin/python -m pip install --quiet -c requirements.lock -e ".[bench]"
 	{ echo "# make bench-lock: pip freeze of the benchmark environment (.venv-bench)"; \
 	  .lock-venv-bench/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; \
-	} > requirements-bench.lock
+	} > requirements-bench.lock.tmp
+	grep -q '^envpool==' requirements-bench.lock.tmp || \
+	  { echo "bench-lock: envpool is missing from the freeze (pyproject pins envpool==1.2.5)"; exit 1; }
+	mv requirements-bench.lock.tmp requirements-bench.lock
 	rm -rf .lock-venv-bench
 
 clean:

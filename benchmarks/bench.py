@@ -1,33 +1,43 @@
 """trpo-pipeline vs sb3-contrib's TRPO (rl-zoo hyperparameters), side by side in one run.
 
 For each environment and seed the two libraries train one after the other (ours seed 0,
-theirs seed 0, ours seed 1, ...), each in a fresh process with one torch thread, so peak RSS
-is per run and a slow phase of the machine hits both. Evaluation runs at fixed env-step
-intervals on fixed seeds with the training clock paused. Results go to
-<out>/<timestamp>.md and .json; docs/benchmarks.md says what is measured and how.
+theirs seed 0, ours seed 1, ...), or with ``--jobs 2`` side by side (ours seed s next to
+theirs seed s), each in a fresh process with one torch thread, so peak RSS is per run and a
+slow phase of the machine hits both. Evaluation runs at fixed env-step intervals on fixed
+seeds with the training clock paused. Results go to <out>/<timestamp>.md and .json, rewritten
+after every run; ``--resume`` continues such a file. docs/benchmarks.md says what is measured
+and how.
 
     .venv-bench/bin/python benchmarks/bench.py                     # cartpole + pendulum, 3 seeds
     .venv-bench/bin/python benchmarks/bench.py --envs halfcheetah   # 1M steps, 3 seeds (~37 min)
-    .venv-bench/bin/python benchmarks/bench.py --envs hopper ant    # MuJoCo suite: 1M steps each
+    .venv-bench/bin/python benchmarks/bench.py --envs hopper ant --jobs 2   # MuJoCo, 1M steps
+    .venv-bench/bin/python benchmarks/bench.py --envs hopper ant --jobs 2 \\
+        --resume benchmarks/results/<timestamp>.json                # continue after a stop
     .venv-bench/bin/python benchmarks/bench.py --seeds 1 --budget-scale 0.05   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.metadata
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import ENVS, EVAL_SEED, peak_rss_mib
-from tables import LIBS, ratios, report_markdown, summarise
+from results_file import ResumeMismatchError, load_for_resume, recorded, save
+from tables import LIBS, ratios, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_THREADS = 1
@@ -76,12 +86,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "benchmarks" / "results",
-        help="folder for <timestamp>.md and <timestamp>.json",
+        default=None,
+        help="folder for <timestamp>.md and <timestamp>.json (default: benchmarks/results)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, one core each; 2 runs the libraries' runs of a seed side by side",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="PATH.json",
+        help="continue this results file: run only what it lacks, keep writing it",
     )
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.resume is not None and args.out is not None:
+        parser.error("--resume writes to the file it continues: give --resume or --out, not both")
+    if args.resume is not None and not args.resume.is_file():
+        parser.error(f"--resume {args.resume}: no such file")
     if not args.budget_scale > 0:
         parser.error(f"--budget-scale must be > 0, got {args.budget_scale}")
     return args
@@ -111,17 +140,87 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def run_child(lib: str, env_key: str, seed: int, budget: int, eval_every: int) -> dict[str, Any]:
-    """One training run in a fresh interpreter; its record, or one saying how it failed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "run.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_run", lib, env_key]
-        cmd += [str(seed), str(budget), str(eval_every), str(result)]
-        # cwd: the scratch folder, where MuJoCo's MUJOCO_LOG.TXT and the like land.
-        proc = subprocess.run(cmd, cwd=tmp, env=os.environ | THREAD_ENV, check=False)
-        if proc.returncode != 0 or not result.exists():
-            return {"lib": lib, "env": env_key, "seed": seed, "error": f"exit {proc.returncode}"}
-        return json.loads(result.read_text())
+@dataclass(frozen=True)
+class RunSpec:
+    lib: str
+    env_key: str
+    seed: int
+    budget: int
+    eval_every: int
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_wave(wave: list[RunSpec], on_done: Callable[[RunSpec, dict[str, Any]], None]) -> None:
+    """Start every run of ``wave`` at once (fresh interpreters), hand each record over as it ends.
+
+    A record says how a run failed where it did. Runs still going when this is left (Ctrl-C,
+    SIGTERM) are stopped and not recorded.
+    """
+    running: dict[subprocess.Popen[bytes], tuple[RunSpec, Path]] = {}
+    with ExitStack() as stack:
+        try:
+            for spec in wave:
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                cmd = [sys.executable, str(Path(__file__).resolve()), "_run", spec.lib]
+                cmd += [spec.env_key, str(spec.seed), str(spec.budget), str(spec.eval_every)]
+                # cwd: the scratch folder, where MuJoCo's MUJOCO_LOG.TXT and the like land.
+                proc = subprocess.Popen(
+                    [*cmd, str(tmp / "run.json")],
+                    cwd=tmp,
+                    env=os.environ | THREAD_ENV,
+                    preexec_fn=_die_with_parent,
+                )
+                running[proc] = spec, tmp / "run.json"
+            while running:
+                for proc in [p for p in running if p.poll() is not None]:
+                    spec, result = running.pop(proc)
+                    run = _read_record(spec, proc.returncode, result)
+                    on_done(spec, run | {"ran_at_once": len(wave)})
+                time.sleep(0.2)
+        finally:
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.wait()
+
+
+def _read_record(spec: RunSpec, returncode: int, result: Path) -> dict[str, Any]:
+    if returncode != 0 or not result.exists():
+        return {
+            "lib": spec.lib,
+            "env": spec.env_key,
+            "seed": spec.seed,
+            "error": f"exit {returncode}",
+        }
+    return json.loads(result.read_text())
+
+
+def waves(specs: list[RunSpec], jobs: int) -> list[list[RunSpec]]:
+    """Runs grouped to start together, at most ``jobs`` a group, each waiting for the last.
+
+    One env and seed's runs stay in one group where they fit, so with 2 jobs ours seed s runs
+    next to theirs seed s and a busy phase of the machine hits both alike.
+    """
+    by_seed: list[list[RunSpec]] = []
+    for spec in specs:
+        if by_seed and (by_seed[-1][0].env_key, by_seed[-1][0].seed) == (spec.env_key, spec.seed):
+            by_seed[-1].append(spec)
+        else:
+            by_seed.append([spec])
+    grouped: list[list[RunSpec]] = []
+    for same_seed in by_seed:
+        for i in range(0, len(same_seed), jobs):
+            chunk = same_seed[i : i + jobs]
+            if grouped and len(grouped[-1]) + len(chunk) <= jobs:
+                grouped[-1] += chunk
+            else:
+                grouped.append(chunk)
+    return grouped
 
 
 # --- the whole benchmark ------------------------------------------------------------------------
@@ -204,56 +303,128 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_run"]:
         return child_main(argv[1:])
     args = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    args.out.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = args.out / f"{stamp}.md", args.out / f"{stamp}.json"
-    results: dict[str, Any] = {
-        "meta": {
-            "command": " ".join(["benchmarks/bench.py", *argv]),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "budget_scale": args.budget_scale,
-            "torch_threads": TORCH_THREADS,
-            "thread_env": THREAD_ENV,
-            "machine": machine(),
-            "versions": versions(),
-            "git": git_state(),
-        },
-        "envs": {},
+    # SIGTERM unwinds like Ctrl-C: the runs in flight are stopped, what was recorded stays.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    settings = {
+        key: env_settings(key, list(range(args.seeds or ENVS[key].seeds)), args.budget_scale)
+        for key in args.envs
     }
+    try:
+        results, json_path = open_results(args, argv, settings)
+    except ResumeMismatchError as err:
+        print(f"bench.py: error: cannot resume: {err}", file=sys.stderr)
+        return 2
+    done = recorded(results)
+    todo = [
+        RunSpec(lib, key, seed, env_set["budget"], env_set["eval_every"])
+        for key, env_set in settings.items()
+        for seed in env_set["seeds"]
+        for lib in args.libs
+        if (key, lib, seed) not in done
+    ]
+    if not todo:
+        print(f"[bench] nothing to run: {json_path} has every run of this command")
+        save(results, json_path)
+        return 0
+    print(f"[bench] {len(todo)} runs to do, {args.jobs} at a time -> {json_path}", flush=True)
+    session = new_session(argv, args.jobs)
+    results["meta"]["sessions"].append(session)
     failed = 0
-    for env_key in args.envs:
-        seeds = list(range(args.seeds or ENVS[env_key].seeds))
-        settings = env_settings(env_key, seeds, args.budget_scale)
-        env: dict[str, Any] = {"settings": settings, "runs": [], "summary": {}, "ratios": {}}
-        results["envs"][env_key] = env
-        for seed in seeds:
-            for lib in args.libs:  # alternate: ours seed 0, theirs seed 0, ours seed 1, ...
-                print(f"[bench] {env_key} seed {seed} {LIBS[lib]} ...", flush=True)
-                run = run_child(lib, env_key, seed, settings["budget"], settings["eval_every"])
-                failed += "error" in run
-                print(f"[bench]   {describe(run)}", flush=True)
-                env["runs"].append(run)
-                _summarise_env(env, args.libs)
-                _write(results, md_path, json_path)  # a long run keeps what it has so far
-    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    results["meta"]["machine"]["loadavg_end"] = _loadavg()
-    _write(results, md_path, json_path)
+
+    def record(spec: RunSpec, run: dict[str, Any]) -> None:
+        nonlocal failed
+        failed += "error" in run
+        run["session"] = len(results["meta"]["sessions"]) - 1
+        session.update(last_run=_now(), loadavg_last_run=_loadavg())  # for a stopped session
+        print(
+            f"[bench]   {spec.env_key} seed {spec.seed} {LIBS[spec.lib]}: {describe(run)}",
+            flush=True,
+        )
+        env = results["envs"][spec.env_key]
+        env["runs"].append(run)
+        env["runs"].sort(key=lambda r: (r["seed"], list(LIBS).index(r["lib"])))
+        _summarise_env(env)
+        save(results, json_path)  # after every run: a long benchmark keeps what it has
+
+    for wave in waves(todo, args.jobs):
+        names = " + ".join(f"{s.env_key} seed {s.seed} {LIBS[s.lib]}" for s in wave)
+        print(f"[bench] {names} ...", flush=True)
+        run_wave(wave, record)
+    session |= {"finished": _now(), "loadavg_end": _loadavg()}
+    results["meta"]["finished"] = session["finished"]
+    results["meta"]["machine"]["loadavg_end"] = session["loadavg_end"]
+    md_path = save(results, json_path)
     print(md_path.read_text())
     print(f"[bench] wrote {md_path} and {json_path}")
     return 1 if failed else 0
 
 
-def _summarise_env(env: dict[str, Any], libs: list[str]) -> None:
-    for lib in libs:
+def open_results(
+    args: argparse.Namespace, argv: list[str], settings: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any], Path]:
+    """A new results file under --out, or the --resume one, checked; with the command's envs."""
+    if args.resume is None:
+        out = args.out or REPO / "benchmarks" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        json_path = out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+        results = new_results(argv, args.budget_scale)
+    else:
+        json_path = args.resume
+        results = load_for_resume(
+            json_path,
+            budget_scale=args.budget_scale,
+            torch_threads=TORCH_THREADS,
+            settings=settings,
+        )
+    for key, env_set in settings.items():
+        results["envs"].setdefault(key, {"settings": env_set, "runs": []})
+    for env in results["envs"].values():
+        _summarise_env(env)  # a resumed file's failed runs were dropped
+    return results, json_path
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def new_results(argv: list[str], budget_scale: float) -> dict[str, Any]:
+    return {
+        "meta": {
+            "command": " ".join(["benchmarks/bench.py", *argv]),
+            "started": _now(),
+            "budget_scale": budget_scale,
+            "torch_threads": TORCH_THREADS,
+            "thread_env": THREAD_ENV,
+            "machine": machine(),
+            "versions": versions(),
+            "git": git_state(),
+            "sessions": [],
+        },
+        "envs": {},
+    }
+
+
+def new_session(argv: list[str], jobs: int) -> dict[str, Any]:
+    """One command's share of a results file: when, how loaded, how many runs at a time."""
+    return {
+        "command": " ".join(["benchmarks/bench.py", *argv]),
+        "started": _now(),
+        "finished": None,
+        "loadavg_start": _loadavg(),
+        "loadavg_end": None,
+        "jobs": jobs,
+        "git": git_state(),
+        "versions": versions(),
+    }
+
+
+def _summarise_env(env: dict[str, Any]) -> None:
+    env["summary"] = {}
+    for lib in LIBS:
         runs = [r for r in env["runs"] if r["lib"] == lib]
         if runs:
             env["summary"][lib] = summarise(runs)
     env["ratios"] = ratios(env["summary"].get("ours", {}), env["summary"].get("sb3", {}))
-
-
-def _write(results: dict[str, Any], md_path: Path, json_path: Path) -> None:
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(report_markdown(results) + "\n")
 
 
 if __name__ == "__main__":

@@ -117,13 +117,13 @@ def _per_seed(runs: list[dict[str, Any]], threshold: float) -> list[str]:
     lines = [
         "| library | seed | env steps | train s | env-steps/s | eval s (excluded) "
         f"| first eval ≥ {threshold:g} (s / steps) | final return (± over episodes) "
-        "| peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MiB | ran at once |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         name = LIBS[run["lib"]]
         if "error" in run:
-            lines.append(f"| {name} | {run['seed']} | failed: {run['error']} ||||||||")
+            lines.append(f"| {name} | {run['seed']} | failed: {run['error']} |||||||||")
             continue
         t, n = run["time_to_threshold_s"], run["steps_to_threshold"]
         first = "not reached" if t is None else f"{t:.1f} / {n:,}"
@@ -131,7 +131,7 @@ def _per_seed(runs: list[dict[str, Any]], threshold: float) -> list[str]:
             f"| {name} | {run['seed']} | {run['env_steps']:,} | {run['train_s']:.1f} "
             f"| {run['steps_per_s']:,.0f} | {run['eval_s']:.1f} | {first} "
             f"| {run['final_return']:.1f} ± {run['final_return_std']:.1f} "
-            f"| {run['peak_rss_mib']:.0f} |"
+            f"| {run['peak_rss_mib']:.0f} | {run.get('ran_at_once', 1)} |"
         )
     return lines
 
@@ -161,18 +161,62 @@ def report_markdown(results: dict[str, Any]) -> str:
             "",
         ]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    sessions = m.get("sessions") or [only_session(m)]
+    lines += _sessions(sessions)
     lines += [
-        f"- Command: `{m['command']}`",
-        f"- Started {m['started']}, finished {m.get('finished', '(running)')}",
-        f"- Git: {m['git']}",
         f"- Machine: {machine['cpu']}, {machine['cpus_usable']} usable of "
-        f"{machine['cpus']} CPUs, {machine['memory_gib']:.1f} GiB memory; load average "
-        f"{machine['loadavg_start']} at start, {machine.get('loadavg_end', '?')} at end",
+        f"{machine['cpus']} CPUs, {machine['memory_gib']:.1f} GiB memory",
         f"- Versions: {versions}",
-        f"- Each run: a fresh process, torch threads {m['torch_threads']}, runs alternate "
-        "library by library for each seed",
+        f"- Each run: a fresh process, torch threads {m['torch_threads']}; {_at_a_time(sessions)}",
         "",
     ]
     for env in results["envs"].values():
         lines += [env_markdown(env), ""]
     return "\n".join(lines)
+
+
+def only_session(meta: dict[str, Any]) -> dict[str, Any]:
+    """A report from before sessions were recorded: one session, one run at a time."""
+    machine = meta["machine"]
+    return {
+        "command": meta["command"],
+        "started": meta["started"],
+        "finished": meta.get("finished"),
+        "loadavg_start": machine["loadavg_start"],
+        "loadavg_end": machine.get("loadavg_end"),
+        "jobs": 1,
+        "git": meta["git"],
+    }
+
+
+def _sessions(sessions: list[dict[str, Any]]) -> list[str]:
+    """One line per command that added runs: when, the load average, how many at a time."""
+    lines = []
+    for i, s in enumerate(sessions, 1):
+        label = "Run" if len(sessions) == 1 else f"Session {i} of {len(sessions)}"
+        if s.get("finished"):
+            end = f"finished {s['finished']}; load average {s['loadavg_start']} at start, "
+            end += f"{s['loadavg_end']} at end"
+        else:
+            end = f"stopped (or still running), last run recorded {s.get('last_run', '?')}; load "
+            end += f"average {s['loadavg_start']} at start, {s.get('loadavg_last_run', '?')} then"
+        lines.append(
+            f"- {label}: `{s['command']}`, git {s['git']}; started {s['started']}, {end}; "
+            f"{_runs_at_a_time(s['jobs'])}"
+        )
+    return lines
+
+
+def _runs_at_a_time(jobs: int) -> str:
+    return "1 run at a time" if jobs == 1 else f"{jobs} runs at a time"
+
+
+def _at_a_time(sessions: list[dict[str, Any]]) -> str:
+    jobs = sorted({s["jobs"] for s in sessions})
+    if jobs == [1]:
+        return "1 run at a time, the libraries alternating seed by seed"
+    counts = " or ".join(str(j) for j in jobs)
+    return (
+        f"{counts} runs at a time (one core each), the two libraries' runs of one env and seed "
+        "started together; the per-seed rows say how many ran at once"
+    )
