@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.launch.restart import scheduler_job_id
 from trpo_pipeline.rl.checkpoint import rng_state, set_rng_state
 from trpo_pipeline.rl.config import EvaluateConfig
 from trpo_pipeline.rl.evaluate import evaluate
@@ -104,12 +105,17 @@ class Objective:
         self.study_dir = study_dir
         self.tracker = tracker
         self.count_running = count_running
+        self.trial_number: int | None = None  # the trial this worker took last
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_number = trial.number
         self._check_cap(trial)
         values = suggest(trial, self.dims)
         trial.set_user_attr("config", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        job = scheduler_job_id()
+        if job is not None:  # the SLURM (or submitit local) job of a trpo-tune -m worker
+            trial.set_user_attr("job", job)
         try:
             cfg = self.trial_config(values)
         except ConfigError as err:  # a combination of values the schema rejects

@@ -1,9 +1,10 @@
 """The study loop: a worker runs trials until the study holds ``tune.n_trials`` finished ones.
 
-Several workers (processes, machines) share a study through an RDB storage (PostgreSQL); a
-worker that dies stops beating, its trial is marked failed after the grace period and re-queued
-for the others. ``tune.n_trials`` caps the finished (complete + pruned) trials of the study
-across all workers."""
+Several workers (processes, machines, the jobs of ``trpo-tune -m``) share a study through an RDB
+storage (PostgreSQL); a worker that dies stops beating, its trial is marked failed after the
+grace period and re-queued for the others. A worker the scheduler stops (SIGTERM: scancel, a
+requeue, a preemption) re-queues its trial itself at once, the same way. ``tune.n_trials`` caps
+the finished (complete + pruned) trials of the study across all workers."""
 
 from __future__ import annotations
 
@@ -76,6 +77,13 @@ def _best(study: optuna.Study) -> str:
         return "no complete trial yet"
     best = max(complete, key=lambda t: t.value)
     return f"best {best.value:.2f} (trial {best.number})"
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """SIGTERM: the scheduler (scancel, a requeue or preemption) or ``kill`` stops this worker.
+
+    A KeyboardInterrupt, so that Optuna marks the running trial failed as it does for Ctrl-C.
+    """
 
 
 class _StaleTrials:
@@ -152,6 +160,14 @@ def run_study(
                 ],
                 catch=(CapReachedError,),
             )
+    except (WorkerStopped, SystemExit):
+        # The scheduler took the worker away (SIGTERM; or submitit's exit after a USR2 requeue,
+        # which Optuna does not catch): the trial is not at fault, so another worker retries it
+        # now, not after the heartbeat's grace period. Ctrl-C is a person stopping the study:
+        # its trial is only marked failed, and the study, continued, samples afresh.
+        _requeue_lost_trial(study, objective.trial_number, stale.retry, echo)
+        tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
+        raise
     except BaseException:
         tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
         raise
@@ -160,6 +176,40 @@ def run_study(
     )
     tracker.finish_study(summary, summary.report_dir, done=True)
     return summary
+
+
+def _requeue_lost_trial(
+    study: optuna.Study,
+    number: int | None,
+    retry: optuna.storages.RetryHeartbeatStaleTrialCallback,
+    echo: Echo,
+) -> None:
+    """Mark this worker's interrupted trial failed (if Optuna has not) and re-queue it with
+    Optuna's retry bookkeeping (``failed_trial``, ``retry_history``, ``tune.storage.max_retry``),
+    as for a trial whose worker stopped beating."""
+    trial = _trial(study, number)
+    if trial is None or "not_run" in trial.user_attrs:
+        return
+    if trial.state == TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
+        trial = _trial(study, trial.number)
+    if trial is None or trial.state != TrialState.FAIL:
+        return  # it had finished: nothing was lost
+    retry(study, trial)
+    requeued = any(
+        t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
+        for t in study.get_trials(deepcopy=False)
+    )
+    echo(
+        f"trial {trial.number}: this worker was stopped (scancel, a requeue, kill); marked "
+        "failed and "
+        + ("re-queued for another worker" if requeued else "not re-queued (tune.storage.max_retry)")
+    )
+
+
+def _trial(study: optuna.Study, number: int | None) -> FrozenTrial | None:
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return found[0] if found else None
 
 
 def _conclude(
