@@ -73,20 +73,28 @@ def _jobs_known() -> int:
     return len(listed.split())
 
 
-def _running_trial_of_task(url: str, task: int) -> FrozenTrial | None:
-    """A trial that array task ``task`` is training and has already reported on."""
+def _running_trial(url: str) -> FrozenTrial | None:
+    """A trial that a worker job is training and has already reported on."""
     try:
         trials = load_study(url, STUDY).get_trials(deepcopy=False)
     except KeyError:  # the study is not created yet
         return None
     for trial in trials:
-        if (
-            trial.state == TrialState.RUNNING
-            and trial.user_attrs.get("job", "").endswith(f"_{task}")
-            and trial.intermediate_values
-        ):
-            return trial
+        if trial.state == TrialState.RUNNING and trial.intermediate_values:
+            return trial  # (every trial of a worker job records the job: user attr job)
     return None
+
+
+def _job_logs(tmp_path: Path) -> str:
+    """The end of every worker's logs: what a failed wait shows."""
+    logs = sorted((tmp_path / "runs" / "tune" / STUDY / ".submitit").glob("*/*_log.*"))
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
+
+
+def _in_queue(array_id: str) -> bool:
+    """Some job of the array is still pending or running."""
+    listed = subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True)
+    return bool(listed.stdout.strip())
 
 
 @pytest.mark.slow  # two SLURM jobs training a few trials of a few seconds: 30-90 s
@@ -112,9 +120,9 @@ def test_a_cancelled_workers_trial_is_retried_by_the_other_and_the_cap_holds(
         f"tune.n_trials={cap}",
         f"tune.study_name={STUDY}",
         "tune.storage.heartbeat_interval=1",
-        # Longer than the test: the lost trial is re-queued by its own worker on SIGTERM, not
-        # by the heartbeat's grace period running out.
-        "tune.storage.grace_period=600",
+        # Should the cancelled worker not re-queue its trial, the other one would after 20 s
+        # without heartbeat: the test then fails on the cancelled worker's log, not a timeout.
+        "tune.storage.grace_period=20",
         "tune.storage.max_retry=1",
     ]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,18 +130,23 @@ def test_a_cancelled_workers_trial_is_retried_by_the_other_and_the_cap_holds(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        # The victim is array task 1: the launcher collects results in array order, so the
-        # multirun returns once task 0 has finished the study, then reports task 1.
         deadline = time.monotonic() + 240
         lost = None
         while lost is None:
             assert proc.poll() is None, proc.communicate()[0][-6000:]
-            assert time.monotonic() < deadline, "worker 1 never ran a trial"
-            lost = _running_trial_of_task(postgres_url, 1)
+            assert time.monotonic() < deadline, "no worker ran a trial"
+            lost = _running_trial(postgres_url)
             time.sleep(0.2)
         victim = lost.user_attrs["job"].removeprefix("slurm:")
         subprocess.run(["scancel", victim], check=True, capture_output=True)
-        out, _ = proc.communicate(timeout=400)
+        # Hydra's launcher collects results in array order: when task 0 is the one cancelled,
+        # the multirun reports it at once while task 1 finishes the study.
+        array_id, task = victim.split("_")
+        deadline = time.monotonic() + 300
+        while proc.poll() is None or _in_queue(array_id):
+            assert time.monotonic() < deadline, _job_logs(tmp_path)
+            time.sleep(0.5)
+        out = proc.communicate()[0]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -144,15 +157,14 @@ def test_a_cancelled_workers_trial_is_retried_by_the_other_and_the_cap_holds(
     assert proc.returncode == 1, out[-6000:]
     assert f"UncompletedJobError: Job {victim} (task: 0)" in out
     assert "(state: CANCELLED" in out
-    assert "trpo-tune: stopped by SIGTERM; the running trial is marked failed and re-queued" in out
     assert POSTGRES_WORKER_PASSWORD not in out
     states = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", victim.split("_")[0]],
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array_id],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    survivor = victim.removesuffix("_1") + "_0"
+    survivor = f"{array_id}_{1 - int(task)}"
     assert f"{survivor}|COMPLETED" in states and f"{victim}|CANCELLED by 0" in " ".join(states)
 
     trials = load_study(postgres_url, STUDY).trials
@@ -167,12 +179,16 @@ def test_a_cancelled_workers_trial_is_retried_by_the_other_and_the_cap_holds(
     assert retry.user_attrs["job"] == f"slurm:{survivor}"
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
-    # The victim said so in its job log, in the study's folder (the multirun's sweep folder).
-    log = tmp_path / "runs" / "tune" / STUDY / ".submitit" / victim / f"{victim}_0_log.out"
+    # The victim said so in its job logs, in the study's folder (the multirun's sweep folder).
+    logs = tmp_path / "runs" / "tune" / STUDY / ".submitit" / victim
     assert (
         f"trial {lost.number}: this worker was stopped (scancel, a requeue, kill); marked "
         "failed and re-queued for another worker"
-    ) in log.read_text()
+    ) in (logs / f"{victim}_0_log.out").read_text()
+    assert (
+        "trpo-tune: stopped by SIGTERM; the running trial is marked failed and re-queued"
+        in (logs / f"{victim}_0_log.err").read_text()
+    )
 
     from mlflow import MlflowClient
 

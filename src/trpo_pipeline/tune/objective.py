@@ -41,6 +41,13 @@ class DivergenceError(Exception):
     """A trial's numbers stopped being finite; the trial is pruned with this reason."""
 
 
+class WorkerStopped(KeyboardInterrupt):
+    """SIGTERM: the scheduler (scancel, a requeue or preemption) or ``kill`` stops this worker.
+
+    A KeyboardInterrupt, so that Optuna marks the running trial failed as it does for Ctrl-C.
+    """
+
+
 class CapReachedError(Exception):
     """Other workers already run the last trials the cap allows; this one is not run."""
 
@@ -106,6 +113,7 @@ class Objective:
         self.tracker = tracker
         self.count_running = count_running
         self.trial_number: int | None = None  # the trial this worker took last
+        self._close_run: Callable[[], None] = lambda: None  # of a trial cut by WorkerStopped
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_number = trial.number
@@ -130,12 +138,24 @@ class Objective:
             self._record_steps(trial, reporter)
             self.tracker.finish_trial(trial, "pruned", None, reporter.env_steps)
             raise
+        except (WorkerStopped, SystemExit):
+            # SIGKILL follows within seconds: the study re-queues the trial first, then closes
+            # its MLflow run (close_interrupted_run), which may wait for a busy store.
+            self._close_run = lambda: self.tracker.finish_trial(
+                trial, "failed", None, reporter.env_steps
+            )
+            raise
         except BaseException:
             self.tracker.finish_trial(trial, "failed", None, reporter.env_steps)
             raise
         self._record_steps(trial, reporter)
         self.tracker.finish_trial(trial, "complete", value, reporter.env_steps)
         return value
+
+    def close_interrupted_run(self) -> None:
+        """Mark the MLflow run of the trial WorkerStopped cut failed (nothing if none was)."""
+        close, self._close_run = self._close_run, lambda: None
+        close()
 
     def trial_config(self, values: Mapping[str, Any]) -> Config:
         """The composed config of these values, checkpointing at every report (the intermediate

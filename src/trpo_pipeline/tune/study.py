@@ -19,7 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 from trpo_pipeline.config import Config
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.tune.mlflow_runs import NoTracker, make_tracker
-from trpo_pipeline.tune.objective import FINISHED, CapReachedError, ComposeTrial, Objective
+from trpo_pipeline.tune.objective import (
+    FINISHED,
+    CapReachedError,
+    ComposeTrial,
+    Objective,
+    WorkerStopped,
+)
 from trpo_pipeline.tune.report import write_report
 from trpo_pipeline.tune.storage import (
     heartbeat_enabled,
@@ -77,13 +83,6 @@ def _best(study: optuna.Study) -> str:
         return "no complete trial yet"
     best = max(complete, key=lambda t: t.value)
     return f"best {best.value:.2f} (trial {best.number})"
-
-
-class WorkerStopped(KeyboardInterrupt):
-    """SIGTERM: the scheduler (scancel, a requeue or preemption) or ``kill`` stops this worker.
-
-    A KeyboardInterrupt, so that Optuna marks the running trial failed as it does for Ctrl-C.
-    """
 
 
 class _StaleTrials:
@@ -160,15 +159,14 @@ def run_study(
                 ],
                 catch=(CapReachedError,),
             )
-    except (WorkerStopped, SystemExit):
+    except BaseException as err:
         # The scheduler took the worker away (SIGTERM; or submitit's exit after a USR2 requeue,
         # which Optuna does not catch): the trial is not at fault, so another worker retries it
         # now, not after the heartbeat's grace period. Ctrl-C is a person stopping the study:
         # its trial is only marked failed, and the study, continued, samples afresh.
-        _requeue_lost_trial(study, objective.trial_number, stale.retry, echo)
-        tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
-        raise
-    except BaseException:
+        if isinstance(err, WorkerStopped | SystemExit):
+            _requeue_lost_trial(study, objective.trial_number, stale.retry, echo)
+            objective.close_interrupted_run()
         tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
         raise
     summary = _conclude(
