@@ -62,15 +62,15 @@ def postgres_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield url
 
 
-def _jobs_known() -> int:
-    """Jobs SLURM has accounted so far (those that ran, and those queued now)."""
+def _jobs_submitted_from(folder: Path) -> list[str]:
+    """The SLURM jobs (of anyone: the cluster may be shared) submitted from ``folder``."""
     listed = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-a", "-o", "JobID", "-S", "2000-01-01"],
+        ["sacct", "-X", "-n", "-P", "-a", "-o", "JobID,WorkDir", "-S", "2000-01-01"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    return len(listed.split())
+    ).stdout.splitlines()
+    return [line.split("|")[0] for line in listed if line.split("|")[-1] == str(folder)]
 
 
 def _running_trial(url: str) -> FrozenTrial | None:
@@ -165,6 +165,7 @@ def test_a_cancelled_workers_trial_is_retried_by_the_other_and_the_cap_holds(
         check=True,
     ).stdout.split()
     survivor = f"{array_id}_{1 - int(task)}"
+    assert sorted(_jobs_submitted_from(tmp_path)) == [f"{array_id}_0", f"{array_id}_1"]
     assert f"{survivor}|COMPLETED" in states and f"{victim}|CANCELLED by 0" in " ".join(states)
 
     trials = load_study(postgres_url, STUDY).trials
@@ -230,7 +231,6 @@ def test_a_multirun_is_refused_unless_its_jobs_are_workers_of_one_study(
 
 
 def test_a_refused_multirun_is_one_line_and_submits_nothing(conf: Path, tmp_path: Path) -> None:
-    before = _jobs_known() if slurm_up() else None
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run(
@@ -249,5 +249,5 @@ def test_a_refused_multirun_is_one_line_and_submits_nothing(conf: Path, tmp_path
         "tune.sampler.seed (a seed per worker, e.g. tune.sampler.seed=1,2,3); give seed one value"
     ]
     assert list(work.iterdir()) == []  # no study folder, no MLflow store
-    if before is not None:
-        assert _jobs_known() == before  # nothing reached SLURM
+    if slurm_up():
+        assert _jobs_submitted_from(work) == []  # nothing reached SLURM
