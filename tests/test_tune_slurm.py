@@ -3,8 +3,9 @@ cluster), sharing the study in a real PostgreSQL server (.ci/run starts it).
 
 Two workers share a study; one is cancelled mid-trial (scancel: SIGTERM, then SIGKILL after
 KillWait): its trial ends FAIL and is retried at once by the other worker with the same params,
-the cap on finished trials holds, and no trial number is taken twice. A multirun that would not
-be workers of one study is refused before anything is submitted (no cluster needed for that).
+the cap on finished trials holds, and no trial number is taken twice. Without a cluster: a
+multirun that would not be workers of one study is refused before anything is submitted, and a
+single worker SIGTERMed mid-trial re-queues its trial for the next run.
 
 The cluster test is skipped only where SLURM or PostgreSQL is absent and CI is unset.
 """
@@ -251,3 +252,59 @@ def test_a_refused_multirun_is_one_line_and_submits_nothing(conf: Path, tmp_path
     assert list(work.iterdir()) == []  # no study folder, no MLflow store
     if slurm_up():
         assert _jobs_submitted_from(work) == []  # nothing reached SLURM
+
+
+@pytest.mark.slow  # two trpo-tune runs, a trial and a half of a few seconds: 15-40 s
+def test_a_sigtermed_worker_requeues_its_trial_and_the_next_run_retries_it(
+    conf: Path, tmp_path: Path
+) -> None:
+    """The same on one machine, no cluster: SIGTERM (kill) mid-trial; the trial is FAIL, its
+    retry WAITING with the same params; the same command runs the retry and ends the study."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = command_env(
+        {
+            "TRPO_CONF_DIR": str(conf),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    argv = [str(BIN / "trpo-tune"), *TRIALS, f"tune.storage.url={storage}", "tune.n_trials=1"]
+    argv += [f"tune.study_name={STUDY}", "tune.pruner.name=none"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        lost = None
+        while lost is None:
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the trial never reported"
+            lost = _running_trial(storage)
+            time.sleep(0.2)
+        first.terminate()  # SIGTERM
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143, out + err
+    assert (
+        f"trial {lost.number}: this worker was stopped (scancel, a requeue, kill); marked "
+        "failed and re-queued for another worker"
+    ) in out
+    assert "trpo-tune: stopped by SIGTERM; the running trial is marked failed and re-queued" in err
+    failed, retry = load_study(storage, STUDY).trials
+    assert (failed.number, failed.state, retry.state) == (
+        lost.number,
+        TrialState.FAIL,
+        TrialState.WAITING,
+    )
+    assert retry.params == lost.params
+    assert retry.system_attrs == {"failed_trial": lost.number, "retry_history": [lost.number]}
+
+    second = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    failed, retry = load_study(storage, STUDY).trials  # the retry ran: no new trial
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params

@@ -35,7 +35,7 @@ from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import CommandLine, preflight, read, swept_keys
 from trpo_pipeline.launch.compose import CONFIG_NAME, composition_error, find_conf_dir, load_config
 from trpo_pipeline.rl.runtime import check_device
-from trpo_pipeline.tune.objective import WorkerStopped
+from trpo_pipeline.tune.objective import WorkerStopped, stop_worker
 from trpo_pipeline.tune.storage import storage_url
 from trpo_pipeline.tune.study import run_study
 from trpo_pipeline.tune.summary import format_summary
@@ -203,7 +203,7 @@ def interrupt_on_sigterm() -> None:
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise WorkerStopped
+        stop_worker()
 
     signal.signal(signal.SIGTERM, handler)
 

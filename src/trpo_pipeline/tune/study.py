@@ -25,6 +25,7 @@ from trpo_pipeline.tune.objective import (
     ComposeTrial,
     Objective,
     WorkerStopped,
+    raise_if_stopped,
 )
 from trpo_pipeline.tune.report import write_report
 from trpo_pipeline.tune.storage import (
@@ -143,6 +144,7 @@ def run_study(
     )
 
     def wait_or_stop(study: optuna.Study, _: FrozenTrial) -> None:
+        raise_if_stopped()
         if not _wait_for_room(study, cfg, count_running, echo):
             study.stop()
 
@@ -269,3 +271,4 @@ def _wait_for_room(study: optuna.Study, cfg: Config, count_running: bool, echo: 
             )
             said = True
         time.sleep(min(cfg.tune.storage.heartbeat_interval or 1, 5))
+        raise_if_stopped()
