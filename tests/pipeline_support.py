@@ -1,7 +1,9 @@
-"""Helpers for the pipeline tests (DVC, MLflow, reproduce): tiny budgets, tmp stores, commands.
+"""Helpers for the pipeline tests (DVC, MLflow, reproduce, SLURM, PostgreSQL): tiny budgets, tmp
+stores, commands, and the test cluster and database server.
 
 Every test writes into tmp folders only: MLflow stores are SQLite files under tmp_path, passed
-through MLFLOW_TRACKING_URI, and the DVC tests work on a copy of the repository.
+through MLFLOW_TRACKING_URI, and the DVC tests work on a copy of the repository. A PostgreSQL
+test gets a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -230,3 +236,83 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def slurm_up() -> bool:
+    """A SLURM node answers and takes jobs (idle, mixed or allocated)."""
+    if shutil.which("sinfo") is None:
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout
+    return any(s.strip().rstrip("*") in {"idle", "mix", "alloc"} for s in states.splitlines())
+
+
+def require_slurm() -> None:
+    """Skip the test where no SLURM cluster is up, unless CI is set: there it fails."""
+    if slurm_up():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but no SLURM node is up: .ci/slurm.sh starts one")
+    pytest.skip("no SLURM cluster here (run .ci/slurm.sh to start one)")
+
+
+# The PostgreSQL server .ci/run installs and starts; TRPO_TEST_POSTGRES_URL names a role that
+# may create databases.
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TRPO_TEST_POSTGRES_URL", "postgresql://trpo:trpo@127.0.0.1:5432/postgres"
+)
+POSTGRES_WORKER = os.environ.get("TRPO_TEST_POSTGRES_WORKER", "trpo_worker")
+POSTGRES_WORKER_PASSWORD = os.environ.get("TRPO_TEST_POSTGRES_WORKER_PASSWORD", "Pg-Worker-8Jw3")
+# docs/security.md: what the database's owner grants the workers' role
+WORKER_GRANTS = (
+    'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC',
+    'GRANT CONNECT ON DATABASE "{db}" TO "{role}"',
+    'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"',  # Optuna creates its tables on first use
+)
+
+
+@contextlib.contextmanager
+def postgres_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL (no password: that is in PGPASSWORD) of a fresh database on the test server,
+    for the workers' least-privilege role; dropped afterwards. Without a reachable server the
+    test skips, unless CI is set: there it fails."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=5)
+    except psycopg2.Error as err:
+        where = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
+        message = (
+            f"PostgreSQL is not reachable at {where} ({str(err).strip().splitlines()[0]}); "
+            ".ci/run installs and starts one; TRPO_TEST_POSTGRES_URL names another"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    admin.autocommit = True
+    name = f"trpo_tune_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(POSTGRES_ADMIN_URL).set(database=name)
+        owner = psycopg2.connect(url.render_as_string(hide_password=False))
+        with owner, owner.cursor() as cur:  # one transaction, committed
+            for grant in WORKER_GRANTS:
+                cur.execute(grant.format(db=name, role=POSTGRES_WORKER))
+        owner.close()
+        monkeypatch.setenv("PGPASSWORD", POSTGRES_WORKER_PASSWORD)  # libpq's own: here too
+        yield f"postgresql://{POSTGRES_WORKER}@{url.host}:{url.port or 5432}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def load_study(url: str, name: str) -> Any:
+    """The Optuna study ``name`` as the workers see it (their URL, with the installed driver)."""
+    import optuna
+
+    from trpo_pipeline.config import StorageConfig
+    from trpo_pipeline.tune import storage_url
+
+    return optuna.load_study(study_name=name, storage=storage_url(StorageConfig(url=url)))

@@ -12,8 +12,6 @@ Skipped only where SLURM is absent and CI is unset; in CI a missing cluster fail
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_support import BIN, command_env, new_store, run
+from pipeline_support import BIN, command_env, new_store, require_slurm, run
 from trpo_pipeline import tracking
 from trpo_pipeline.launch.restart import JOB_REF
 
@@ -50,20 +48,9 @@ LONGER = [
 TIMING = {"time_s", "steps_per_s"}
 
 
-def _slurm_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout
-    return any(s.strip().rstrip("*") in {"idle", "mix", "alloc"} for s in states.splitlines())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
-    if _slurm_up():
-        return
-    if os.environ.get("CI"):
-        pytest.fail("CI is set but no SLURM node is up: .ci/slurm.sh starts one")
-    pytest.skip("no SLURM cluster here (run .ci/slurm.sh to start one)")
+    require_slurm()
 
 
 def runs_of(uri: str) -> list[Any]:

@@ -21,20 +21,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from pipeline_support import (
+    POSTGRES_ADMIN_URL,
+    POSTGRES_WORKER,
+    POSTGRES_WORKER_PASSWORD,
+    load_study,
+    postgres_database,
+)
 from trpo_pipeline.config import StorageConfig
-from trpo_pipeline.tune import storage_url
 
-ADMIN_URL = os.environ.get(
-    "TRPO_TEST_POSTGRES_URL", "postgresql://trpo:trpo@127.0.0.1:5432/postgres"
-)
-WORKER = os.environ.get("TRPO_TEST_POSTGRES_WORKER", "trpo_worker")
-WORKER_PASSWORD = os.environ.get("TRPO_TEST_POSTGRES_WORKER_PASSWORD", "Pg-Worker-8Jw3")
-# docs/security.md: what the database's owner grants the workers' role
-WORKER_GRANTS = (
-    'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC',
-    'GRANT CONNECT ON DATABASE "{db}" TO "{role}"',
-    'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"',  # Optuna creates its tables on first use
-)
+ADMIN_URL = POSTGRES_ADMIN_URL
+WORKER, WORKER_PASSWORD = POSTGRES_WORKER, POSTGRES_WORKER_PASSWORD
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 BIN = Path(sys.executable).parent
 TINY = [
@@ -50,44 +47,13 @@ TINY = [
 
 @pytest.fixture
 def postgres_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The URL (no password: that is in PGPASSWORD) of a fresh database on the test server,
-    for the workers' least-privilege role."""
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    try:
-        admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    except psycopg2.Error as err:
-        where = make_url(ADMIN_URL).render_as_string(hide_password=True)
-        message = (
-            f"PostgreSQL is not reachable at {where} ({str(err).strip().splitlines()[0]}); "
-            ".ci/run installs and starts one; TRPO_TEST_POSTGRES_URL names another"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    admin.autocommit = True
-    name = f"trpo_tune_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(ADMIN_URL).set(database=name)
-        owner = psycopg2.connect(url.render_as_string(hide_password=False))
-        with owner, owner.cursor() as cur:  # one transaction, committed
-            for grant in WORKER_GRANTS:
-                cur.execute(grant.format(db=name, role=WORKER))
-        owner.close()
-        monkeypatch.setenv("PGPASSWORD", WORKER_PASSWORD)  # libpq's own: for this process too
-        yield f"postgresql://{WORKER}@{url.host}:{url.port or 5432}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh database on the test server, for the workers' least-privilege role."""
+    with postgres_database(monkeypatch) as url:
+        yield url
 
 
 def _load(url: str) -> optuna.Study:
-    """The study as the workers see it (their URL, with the installed driver)."""
-    return optuna.load_study(study_name="shared", storage=storage_url(StorageConfig(url=url)))
+    return load_study(url, "shared")
 
 
 def _running_trial_of(url: str, pid: int) -> optuna.trial.FrozenTrial | None:

@@ -69,12 +69,11 @@ def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     sweep's values, in the order Hydra's basic sweeper runs them."""
     if not multirun:
         return [list(overrides)]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    choices: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
     try:
-        choices: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
-        for o in OverridesParser.create().parse_overrides(list(overrides)):
+        for o in _parse(overrides):
             key = o.get_key_element()
             if o.is_sweep_override():
                 if not o.is_discrete_sweep():
@@ -85,6 +84,22 @@ def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
     except (HydraException, ValueError) as err:
         raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
     return [list(job) for job in itertools.product(*choices.values())]
+
+
+def swept_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys a multirun sweeps (given more than one value), in command-line order."""
+    return [o.get_key_element() for o in _parse(overrides) if o.is_sweep_override()]
+
+
+def _parse(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's reading of ``overrides``; ConfigError if one does not parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except (HydraException, ValueError) as err:
+        raise ConfigError("", f"cannot parse override: {first_line(err)}") from None
 
 
 def preflight(command: CommandLine, conf_dir: Path) -> list[Config]:

@@ -11,15 +11,17 @@ import math
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import TrialState
 
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import first_line
+from trpo_pipeline.launch.restart import scheduler_job_id
 from trpo_pipeline.rl.checkpoint import rng_state, set_rng_state
 from trpo_pipeline.rl.config import EvaluateConfig
 from trpo_pipeline.rl.evaluate import evaluate
@@ -40,6 +42,29 @@ class DivergenceError(Exception):
     """A trial's numbers stopped being finite; the trial is pruned with this reason."""
 
 
+class WorkerStopped(KeyboardInterrupt):
+    """SIGTERM: the scheduler (scancel, a requeue or preemption) or ``kill`` stops this worker.
+
+    A KeyboardInterrupt, so that Optuna marks the running trial failed as it does for Ctrl-C.
+    """
+
+
+_stop_requested = threading.Event()
+
+
+def stop_worker() -> NoReturn:
+    """What a SIGTERM handler calls: raise WorkerStopped, and remember it. Python drops an
+    exception raised inside a garbage-collector callback or a destructor (SQLAlchemy has
+    some), so the trial raises it again at its next update (:func:`raise_if_stopped`)."""
+    _stop_requested.set()
+    raise WorkerStopped
+
+
+def raise_if_stopped() -> None:
+    if _stop_requested.is_set():
+        raise WorkerStopped
+
+
 class CapReachedError(Exception):
     """Other workers already run the last trials the cap allows; this one is not run."""
 
@@ -56,6 +81,7 @@ class _Reporter:
         self.update, self.env_steps = 0, 0
 
     def __call__(self, record: UpdateRecord) -> None:
+        raise_if_stopped()
         self.update, self.env_steps = record.update, record.env_steps
         bad = [k for k in _HEALTH_STATS if not math.isfinite(getattr(record.stats, k))]
         if bad:
@@ -104,12 +130,19 @@ class Objective:
         self.study_dir = study_dir
         self.tracker = tracker
         self.count_running = count_running
+        self.trial_number: int | None = None  # the trial this worker took last
+        self._close_run: Callable[[], None] = lambda: None  # of a trial cut by WorkerStopped
 
     def __call__(self, trial: optuna.Trial) -> float:
+        raise_if_stopped()  # before the trial counts as this worker's: it has no params yet
+        self.trial_number = trial.number
         self._check_cap(trial)
         values = suggest(trial, self.dims)
         trial.set_user_attr("config", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        job = scheduler_job_id()
+        if job is not None:  # the SLURM (or submitit local) job of a trpo-tune -m worker
+            trial.set_user_attr("job", job)
         try:
             cfg = self.trial_config(values)
         except ConfigError as err:  # a combination of values the schema rejects
@@ -124,12 +157,24 @@ class Objective:
             self._record_steps(trial, reporter)
             self.tracker.finish_trial(trial, "pruned", None, reporter.env_steps)
             raise
+        except (WorkerStopped, SystemExit):
+            # SIGKILL follows within seconds: the study re-queues the trial first, then closes
+            # its MLflow run (close_interrupted_run), which may wait for a busy store.
+            self._close_run = lambda: self.tracker.finish_trial(
+                trial, "failed", None, reporter.env_steps
+            )
+            raise
         except BaseException:
             self.tracker.finish_trial(trial, "failed", None, reporter.env_steps)
             raise
         self._record_steps(trial, reporter)
         self.tracker.finish_trial(trial, "complete", value, reporter.env_steps)
         return value
+
+    def close_interrupted_run(self) -> None:
+        """Mark the MLflow run of the trial WorkerStopped cut failed (nothing if none was)."""
+        close, self._close_run = self._close_run, lambda: None
+        close()
 
     def trial_config(self, values: Mapping[str, Any]) -> Config:
         """The composed config of these values, checkpointing at every report (the intermediate

@@ -1,9 +1,10 @@
 """The study loop: a worker runs trials until the study holds ``tune.n_trials`` finished ones.
 
-Several workers (processes, machines) share a study through an RDB storage (PostgreSQL); a
-worker that dies stops beating, its trial is marked failed after the grace period and re-queued
-for the others. ``tune.n_trials`` caps the finished (complete + pruned) trials of the study
-across all workers."""
+Several workers (processes, machines, the jobs of ``trpo-tune -m``) share a study through an RDB
+storage (PostgreSQL); a worker that dies stops beating, its trial is marked failed after the
+grace period and re-queued for the others. A worker the scheduler stops (SIGTERM: scancel, a
+requeue, a preemption) re-queues its trial itself at once, the same way. ``tune.n_trials`` caps
+the finished (complete + pruned) trials of the study across all workers."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from optuna.trial import FrozenTrial, TrialState
 from trpo_pipeline.config import Config
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.tune.mlflow_runs import NoTracker, make_tracker
-from trpo_pipeline.tune.objective import FINISHED, CapReachedError, ComposeTrial, Objective
+from trpo_pipeline.tune.objective import (
+    FINISHED,
+    CapReachedError,
+    ComposeTrial,
+    Objective,
+    WorkerStopped,
+    raise_if_stopped,
+)
 from trpo_pipeline.tune.report import write_report
 from trpo_pipeline.tune.storage import (
     heartbeat_enabled,
@@ -136,6 +144,7 @@ def run_study(
     )
 
     def wait_or_stop(study: optuna.Study, _: FrozenTrial) -> None:
+        raise_if_stopped()
         if not _wait_for_room(study, cfg, count_running, echo):
             study.stop()
 
@@ -152,7 +161,14 @@ def run_study(
                 ],
                 catch=(CapReachedError,),
             )
-    except BaseException:
+    except BaseException as err:
+        # The scheduler took the worker away (SIGTERM; or submitit's exit after a USR2 requeue,
+        # which Optuna does not catch): the trial is not at fault, so another worker retries it
+        # now, not after the heartbeat's grace period. Ctrl-C is a person stopping the study:
+        # its trial is only marked failed, and the study, continued, samples afresh.
+        if isinstance(err, WorkerStopped | SystemExit):
+            _requeue_lost_trial(study, objective.trial_number, stale.retry, echo)
+            objective.close_interrupted_run()
         tracker.finish_study(summarize(study, cfg, time.perf_counter() - start), None, done=False)
         raise
     summary = _conclude(
@@ -160,6 +176,40 @@ def run_study(
     )
     tracker.finish_study(summary, summary.report_dir, done=True)
     return summary
+
+
+def _requeue_lost_trial(
+    study: optuna.Study,
+    number: int | None,
+    retry: optuna.storages.RetryHeartbeatStaleTrialCallback,
+    echo: Echo,
+) -> None:
+    """Mark this worker's interrupted trial failed (if Optuna has not) and re-queue it with
+    Optuna's retry bookkeeping (``failed_trial``, ``retry_history``, ``tune.storage.max_retry``),
+    as for a trial whose worker stopped beating."""
+    trial = _trial(study, number)
+    if trial is None or "not_run" in trial.user_attrs:
+        return
+    if trial.state == TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
+        trial = _trial(study, trial.number)
+    if trial is None or trial.state != TrialState.FAIL:
+        return  # it had finished: nothing was lost
+    retry(study, trial)
+    requeued = any(
+        t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
+        for t in study.get_trials(deepcopy=False)
+    )
+    echo(
+        f"trial {trial.number}: this worker was stopped (scancel, a requeue, kill); marked "
+        "failed and "
+        + ("re-queued for another worker" if requeued else "not re-queued (tune.storage.max_retry)")
+    )
+
+
+def _trial(study: optuna.Study, number: int | None) -> FrozenTrial | None:
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return found[0] if found else None
 
 
 def _conclude(
@@ -221,3 +271,4 @@ def _wait_for_room(study: optuna.Study, cfg: Config, count_running: bool, echo: 
             )
             said = True
         time.sleep(min(cfg.tune.storage.heartbeat_interval or 1, 5))
+        raise_if_stopped()
