@@ -41,6 +41,29 @@ TINY = [
 
 STAGES = ("train", "evaluate", "report")  # dvc.yaml's, in order
 
+
+def tune_budget(total_steps: int = 4096) -> list[str]:
+    """A study's trials at a tiny budget: updates of 512 env steps over 4 envs, an evaluation
+    (3 episodes) every 2 updates; 4096 steps (8 updates) take about a second."""
+    return [
+        f"train.total_steps={total_steps}",
+        "algo.steps_per_update=512",
+        "algo.num_envs=4",
+        "evaluate.episodes=3",
+        "tune.report_every=2",
+        "tune.report_episodes=3",
+        "tracking.log_model=false",
+    ]
+
+
+def copy_conf(dest: Path) -> Path:
+    """A copy of conf/ in ``dest`` (without tuned experiments): trpo-tune writes its tuned
+    experiment there, not into the repository (point TRPO_CONF_DIR at it)."""
+    conf = dest / "conf"
+    shutil.copytree(REPO / "conf", conf, ignore=shutil.ignore_patterns("tuned_*"))
+    return conf
+
+
 _template: Path | None = None
 # Untracked folders that are not the project (another virtualenv, generated reports).
 _NOT_COPIED = (".venv", "reports/")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from pipeline_support import copy_conf, tune_budget
 from trpo_pipeline import tune
 from trpo_pipeline.cli.tune import override
 from trpo_pipeline.config import ConfigError
@@ -22,25 +22,15 @@ from trpo_pipeline.launch.compose import compose, load_config
 from trpo_pipeline.rl.evaluate import evaluate
 from trpo_pipeline.rl.train import train
 
-REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 BIN = Path(sys.executable).parent
 # The issue's tiny budget: 8 updates of 512 steps, an evaluation (3 episodes) every 2 updates.
-TINY = [
-    "train.total_steps=4096",
-    "algo.steps_per_update=512",
-    "algo.num_envs=4",
-    "evaluate.episodes=3",
-    "tune.report_every=2",
-    "tune.report_episodes=3",
-    "tracking.log_model=false",
-]
+TINY = tune_budget()
 
 
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
     """A copy of conf/: the tuned experiment is written there, not into the repository."""
-    shutil.copytree(REPO_CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("tuned_*"))
-    return tmp_path / "conf"
+    return copy_conf(tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ CI is set: there they fail.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,24 +24,17 @@ from pipeline_support import (
     POSTGRES_ADMIN_URL,
     POSTGRES_WORKER,
     POSTGRES_WORKER_PASSWORD,
+    copy_conf,
     load_study,
     postgres_database,
+    tune_budget,
 )
 from trpo_pipeline.config import StorageConfig
 
 ADMIN_URL = POSTGRES_ADMIN_URL
 WORKER, WORKER_PASSWORD = POSTGRES_WORKER, POSTGRES_WORKER_PASSWORD
-REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 BIN = Path(sys.executable).parent
-TINY = [
-    "train.total_steps=4096",
-    "algo.steps_per_update=512",
-    "algo.num_envs=4",
-    "evaluate.episodes=3",
-    "tune.report_every=2",
-    "tune.report_episodes=3",
-    "tracking.log_model=false",
-]
+TINY = tune_budget()
 
 
 @pytest.fixture
@@ -76,8 +68,7 @@ def _running_trial_of(url: str, pid: int) -> optuna.trial.FrozenTrial | None:
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    conf = tmp_path / "conf"
-    shutil.copytree(REPO_CONF, conf, ignore=shutil.ignore_patterns("tuned_*"))
+    conf = copy_conf(tmp_path)
     env = os.environ | {
         "TRPO_CONF_DIR": str(conf),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
@@ -86,11 +77,9 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(
     cap = 5
     # Trials of a few seconds, so that the trial seen RUNNING is still running when its worker
     # is killed (with TINY's one-second trials it could finish in between on a quiet machine).
-    longer = [o for o in TINY if not o.startswith("train.total_steps=")]
     argv = [
         str(BIN / "trpo-tune"),
-        *longer,
-        "train.total_steps=24576",
+        *tune_budget(24576),
         f"tune.storage.url={postgres_url}",
         f"tune.n_trials={cap}",
         "tune.study_name=shared",

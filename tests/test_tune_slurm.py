@@ -12,7 +12,6 @@ The cluster test is skipped only where SLURM or PostgreSQL is absent and CI is u
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,35 +25,27 @@ from pipeline_support import (
     BIN,
     POSTGRES_WORKER_PASSWORD,
     command_env,
+    copy_conf,
     load_study,
     new_store,
     postgres_database,
     require_slurm,
     slurm_up,
+    tune_budget,
 )
 from trpo_pipeline.cli import tune as tune_cli
 from trpo_pipeline.config import ConfigError
 
-REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDY = "shared"
 # Trials of a few seconds (24,576 env steps, an evaluation every 2 updates of 512 steps): the
 # trial seen RUNNING with an intermediate value is still running when its job is cancelled.
-TRIALS = [
-    "train.total_steps=24576",
-    "algo.steps_per_update=512",
-    "algo.num_envs=4",
-    "evaluate.episodes=3",
-    "tune.report_every=2",
-    "tune.report_episodes=3",
-    "tracking.log_model=false",
-]
+TRIALS = tune_budget(24576)
 
 
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
     """A copy of conf/: the tuned experiment is written there, not into the repository."""
-    shutil.copytree(REPO_CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("tuned_*"))
-    return tmp_path / "conf"
+    return copy_conf(tmp_path)
 
 
 @pytest.fixture
