@@ -258,3 +258,29 @@ def test_a_job_that_fails_for_good_is_reported_and_the_sweep_fails(tmp_path: Pat
     assert parent.info.status == "FAILED"
     assert "multirun: 1 job(s) did not finish" in out
     assert f"FAILED   {failed}" in out and finished not in out.split("did not finish")[1]
+
+
+def test_a_cancelled_job_has_its_run_closed_as_killed(tmp_path: Path) -> None:
+    """`scancel` ends a job with SIGKILL after KillWait: the multirun closes its run."""
+    uri = new_store(tmp_path / "store")
+    env = command_env({"MLFLOW_TRACKING_URI": uri})
+    sweep = tmp_path / "sweep"
+    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", *LONGER])
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(lambda: job_started(sweep, 0), proc)
+        _signal_mid_training(job_dir(sweep, 0), ["scancel"], proc)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-4000:]
+
+    runs = runs_of(uri)
+    (parent,) = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    (child,) = [r for r in runs if r is not parent]
+    assert (child.info.status, parent.info.status) == ("KILLED", "FAILED")
+    assert child.info.end_time is not None
+    assert f"KILLED   {child.info.run_name}  run {child.info.run_id}  (SLURM: CANCELLED)" in out

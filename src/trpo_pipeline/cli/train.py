@@ -17,7 +17,7 @@ from trpo_pipeline.launch import restart
 from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import CommandLine
 from trpo_pipeline.launch.compose import load_config
-from trpo_pipeline.launch.multirun import is_multirun_job, job_run_name, parent_run_id
+from trpo_pipeline.launch.multirun import JOB_TAG, is_multirun_job, job_run_name, parent_run_id
 from trpo_pipeline.rl.errors import CheckpointError
 from trpo_pipeline.rl.run_files import LEARNING_CURVE, check_run_dir
 from trpo_pipeline.rl.runtime import check_device
@@ -79,11 +79,16 @@ def _open_run(cfg: Config, run_dir: Path, *, restarted: bool) -> tracking.Tracke
     ref = run_dir / tracking.RUN_REF
     if restarted and tracking.read_ref(ref).get("run_id"):
         return tracking.reopen_run(cfg, ref, folder=run_dir)
+    job = restart.scheduler_job_id() if is_multirun_job() else None
     return tracking.start_run(
         cfg,
         run_name=job_run_name(cfg),
         parent_run_id=parent_run_id(),
-        tags={"launcher": "hydra", **tracking.source_tags("trpo-train")},
+        tags={
+            "launcher": "hydra",
+            **tracking.source_tags("trpo-train"),
+            **({JOB_TAG: job} if job else {}),  # what the multirun asks SLURM about
+        },
         folder=run_dir,
     )
 

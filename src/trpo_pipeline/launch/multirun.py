@@ -22,9 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, TrackingConfig, config_from_dict
 from trpo_pipeline.credentials import mask
+from trpo_pipeline.launch.slurm_state import ended_state
 from trpo_pipeline.rl.files import atomic_write
 
 PARENT_REF = "mlflow_parent_run.json"
+JOB_TAG = "scheduler_job"  # a child run's scheduler job (restart.scheduler_job_id)
 
 
 def _tracking_config(config: DictConfig) -> TrackingConfig:
@@ -67,13 +69,30 @@ class MlflowParentRun(Callback):
             run_id, self.run_id = self.run_id, None
             unfinished = tracking.finish_parent_run(self.tracking, run_id, failed=failed)
             if failed and unfinished:
-                print(_failed_jobs(unfinished, run_id), file=sys.stderr)
+                ended = self._close_ended_jobs(unfinished)
+                print(_failed_jobs(unfinished, run_id, ended), file=sys.stderr)
+
+    def _close_ended_jobs(self, children: list[Any]) -> dict[str, tuple[str, str]]:
+        """Close the runs of jobs SLURM ended while they ran (scancel: SIGKILL gives a job no
+        chance to); {run id: (SLURM's state, the run's new status)}."""
+        ended = {}
+        for child in children:
+            job = child.data.tags.get(JOB_TAG, "")
+            state = ended_state(job) if child.info.status == "RUNNING" else None
+            if state is not None:
+                ended[child.info.run_id] = state
+        if ended and self.tracking is not None:
+            tracking.close_runs(self.tracking, {r: status for r, (_, status) in ended.items()})
+        return ended
 
 
-def _failed_jobs(children: list[Any], parent_run_id: str) -> str:
+def _failed_jobs(children: list[Any], parent_run_id: str, ended: dict[str, tuple[str, str]]) -> str:
     """Which jobs of a failed multirun did not finish, one line each (their MLflow runs)."""
     lines = [f"multirun: {len(children)} job(s) did not finish (MLflow parent {parent_run_id}):"]
-    lines += [f"  {c.info.status:<8} {c.info.run_name}  run {c.info.run_id}" for c in children]
+    for c in children:
+        state, status = ended.get(c.info.run_id, ("", c.info.status))
+        why = f"  (SLURM: {state})" if state else ""
+        lines.append(f"  {status:<8} {c.info.run_name}  run {c.info.run_id}{why}")
     return "\n".join(lines)
 
 

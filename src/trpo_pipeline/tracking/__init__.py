@@ -23,7 +23,12 @@ from __future__ import annotations
 from trpo_pipeline.tracking.access import check_store
 from trpo_pipeline.tracking.artifacts import MODEL_NAME, log_policy_model, upload_artifact
 from trpo_pipeline.tracking.history import metric_histories
-from trpo_pipeline.tracking.parents import PARENT_TAG, finish_parent_run, start_parent_run
+from trpo_pipeline.tracking.parents import (
+    PARENT_TAG,
+    close_runs,
+    finish_parent_run,
+    start_parent_run,
+)
 from trpo_pipeline.tracking.records import (
     TIMING_METRICS,
     config_hash,
@@ -92,6 +97,7 @@ __all__ = [
     "TrackedRun",
     "TrackingUnavailableError",
     "check_store",
+    "close_runs",
     "config_hash",
     "default_run_name",
     "eval_metrics",

@@ -81,3 +81,17 @@ def finish_parent_run(tracking: TrackingConfig, run_id: str, *, failed: bool = F
             raise
         warn_unreachable(uri, err, f"parent run {run_id} was left open")
         return []
+
+
+def close_runs(tracking: TrackingConfig, statuses: Mapping[str, str]) -> None:
+    """Set each run's final status ({run id: status}); a store gone away costs one line."""
+    uri = resolve_tracking_uri(tracking)
+    try:
+        with quiet_http():
+            client = mlflow_client(uri)
+            for run_id, status in statuses.items():
+                client.set_terminated(run_id, status)
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        warn_unreachable(uri, err, f"runs {', '.join(statuses)} were left open")
