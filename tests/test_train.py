@@ -128,6 +128,20 @@ def test_resume_in_place_keeps_the_curve_up_to_the_checkpoint(tmp_path, tiny_con
     assert load_checkpoint(tmp_path / "checkpoint.pt").global_step == second.env_steps >= 1024
 
 
+def test_resuming_a_finished_run_reports_its_training_return(tmp_path, tiny_config):
+    """A job requeued after its last update resumes with nothing left to train: its result is
+    still the run's training return, not nan."""
+    cfg = tiny_config(train={"total_steps": 1024})
+    first = train(cfg, tmp_path)
+    again = train(dataclasses.replace(cfg, resume=str(tmp_path / "checkpoint.pt")), tmp_path)
+
+    assert again.history == [] and again.updates == first.updates
+    assert math.isfinite(first.episode_return)
+    assert again.episode_return == first.episode_return
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert metrics["episode_return"] == first.episode_return
+
+
 def test_resume_refuses_to_replace_another_runs_results(tmp_path, tiny_config):
     train(tiny_config(), tmp_path / "a")
     train(tiny_config(seed=1), tmp_path / "b")

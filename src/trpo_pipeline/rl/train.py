@@ -410,7 +410,8 @@ def _finish(
         checkpoint=run_dir / CHECKPOINT,
         env_steps=progress.global_step,
         updates=progress.updates,
-        episode_return=history[-1].episode_return if history else float("nan"),
+        # The run's (a checkpoint carries it): a resume with nothing left to train has no rows.
+        episode_return=progress.episodes.mean_return,
         wall_time_s=wall,
         steps_per_s=steps / wall if wall > 0 else 0.0,
         history=history,
