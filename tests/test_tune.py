@@ -355,8 +355,10 @@ def test_an_interrupted_trpo_tune_continues_the_same_study(conf: Path, tmp_path:
         "PYTHONUNBUFFERED": "1",
     }
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    argv = [str(BIN / "trpo-tune"), *TINY, f"tune.storage.url={storage}", "tune.n_trials=2"]
-    argv += ["tune.study_name=resume", "tune.pruner.name=none"]
+    # Trials of a few seconds: with TINY's the second trial could end (in well under a second on
+    # a quiet machine) before the Ctrl-C lands, and the first run would finish the study.
+    argv = [str(BIN / "trpo-tune"), *tune_budget(24576), f"tune.storage.url={storage}"]
+    argv += ["tune.n_trials=2", "tune.study_name=resume", "tune.pruner.name=none"]
 
     first = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
