@@ -361,7 +361,15 @@ def test_an_interrupted_trpo_tune_continues_the_same_study(conf: Path, tmp_path:
     argv += ["tune.n_trials=2", "tune.study_name=resume", "tune.pruner.name=none"]
 
     first = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # Ctrl-C in a terminal reaches the command. A shell starts background jobs with SIGINT
+        # ignored (a CI runner may run the suite so), and Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     out = []
     deadline = time.monotonic() + 120
