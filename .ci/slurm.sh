@@ -77,7 +77,9 @@ JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerParameters=sched_interval=1
-KillWait=5
+# SLURM's own default is 30 s: a job SIGTERMed (scancel, scontrol requeue) closes its records
+# before the SIGKILL; 5 s was too short for a trpo-tune worker on a loaded machine.
+KillWait=15
 JobRequeue=1
 MailProg=/bin/true
 ReturnToService=2

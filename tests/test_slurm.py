@@ -48,6 +48,13 @@ LONGER = [
 TIMING = {"time_s", "steps_per_s"}
 
 
+def longer(total_steps: int) -> list[str]:
+    """LONGER with another budget."""
+    return [o for o in LONGER if not o.startswith("train.total_steps=")] + [
+        f"train.total_steps={total_steps}"
+    ]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
     require_slurm()
@@ -233,10 +240,10 @@ def test_a_job_that_fails_for_good_is_reported_and_the_sweep_fails(tmp_path: Pat
     # is then not requeued but ends as failed.
     launcher = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5"]
     # Long enough that the signal lands mid-training on a quiet machine too.
-    longest = [o for o in LONGER if not o.startswith("train.total_steps=")]
-    longest.append("train.total_steps=400000")
     argv = sweep_command(
-        tmp_path, sweep, [*launcher, "hydra.launcher.max_num_timeout=0", "seed=0,1", *longest]
+        tmp_path,
+        sweep,
+        [*launcher, "hydra.launcher.max_num_timeout=0", "seed=0,1", *longer(400_000)],
     )
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -265,7 +272,8 @@ def test_a_cancelled_job_has_its_run_closed_as_killed(tmp_path: Path) -> None:
     uri = new_store(tmp_path / "store")
     env = command_env({"MLFLOW_TRACKING_URI": uri})
     sweep = tmp_path / "sweep"
-    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", *LONGER])
+    # The job trains on through KillWait (submitit lets SIGTERM pass): it must not end first.
+    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", *longer(4_000_000)])
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

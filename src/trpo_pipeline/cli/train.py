@@ -7,10 +7,11 @@ results. Bad input ends with one line naming the key, exit status 2, and nothing
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
-from trpo_pipeline import tracking
+from trpo_pipeline import stops, tracking
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.launch import restart
@@ -42,6 +43,8 @@ def _train_task(dcfg: Any) -> float:
         # A multirun job that SLURM requeued or preempted runs again from the start: it resumes
         # from its own checkpoint and continues its own MLflow run (launch/restart.py).
         scheduled = is_multirun_job() and restart.scheduler_job_id() is not None
+        if scheduled:  # submitit's USR2 (timeout, preemption) stops the job, wherever it lands
+            stops.remember(signal.SIGUSR2, signal.SIGTERM)
         restarted = scheduled and restart.is_restart(run_dir)
         if restarted:
             cfg = restart.continued(cfg, run_dir)
@@ -52,7 +55,7 @@ def _train_task(dcfg: Any) -> float:
         if scheduled:
             run.write_ref(run_dir / tracking.RUN_REF)  # what a restart of this job continues
         with tracking.recording(run, close_on_exit=not scheduled):
-            result = train(cfg, run_dir, callbacks=[run.log_update])
+            result = train(cfg, run_dir, callbacks=[stops.raise_again, run.log_update])
             if restarted:  # the rows a killed attempt had not sent yet; none twice
                 tracking.log_curve(run, run_dir / LEARNING_CURVE)
             tracking.log_training(run, cfg, run_dir)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trpo_pipeline import tracking
+from trpo_pipeline import stops, tracking
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import fail
 from trpo_pipeline.launch.app import guarded, run_hydra_app
@@ -188,6 +188,7 @@ def _tune_task(dcfg: Any) -> float | None:
         return load_config(_compose(kept + [override(k, v) for k, v in values.items()]))
 
     interrupt_on_sigterm()  # again in a submitit job: it replaces submitit's own handler
+    stops.remember(signal.SIGTERM, signal.SIGUSR2)  # and submitit's USR2 handler
 
     def body(study_dir: Path) -> float | None:
         cfg = load_config(dcfg)

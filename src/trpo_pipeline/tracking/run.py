@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from trpo_pipeline import stops
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.errors import first_line
@@ -122,6 +123,8 @@ class TrackedRun:
 
     def go_offline(self, err: BaseException) -> None:
         """Stop calling MLflow: warn once, start the marker (with what was not sent)."""
+        if stops.is_stop(err):  # the scheduler stopping the job, not MLflow failing
+            raise err
         if self.offline:
             return
         self.offline = True

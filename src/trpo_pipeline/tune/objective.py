@@ -11,7 +11,6 @@ import math
 import os
 import re
 import socket
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,6 +18,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
+from trpo_pipeline import stops
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import first_line
 from trpo_pipeline.launch.restart import scheduler_job_id
@@ -49,20 +49,11 @@ class WorkerStopped(KeyboardInterrupt):
     """
 
 
-_stop_requested = threading.Event()
-
-
 def stop_worker() -> NoReturn:
-    """What a SIGTERM handler calls: raise WorkerStopped, and remember it. Python drops an
-    exception raised inside a garbage-collector callback or a destructor (SQLAlchemy has
-    some), so the trial raises it again at its next update (:func:`raise_if_stopped`)."""
-    _stop_requested.set()
+    """What trpo-tune's SIGTERM handler calls. Where Python drops the exception (a garbage-
+    collector callback, a destructor) the trial raises it again at its next update
+    (trpo_pipeline.stops)."""
     raise WorkerStopped
-
-
-def raise_if_stopped() -> None:
-    if _stop_requested.is_set():
-        raise WorkerStopped
 
 
 class CapReachedError(Exception):
@@ -81,7 +72,7 @@ class _Reporter:
         self.update, self.env_steps = 0, 0
 
     def __call__(self, record: UpdateRecord) -> None:
-        raise_if_stopped()
+        stops.raise_again()
         self.update, self.env_steps = record.update, record.env_steps
         bad = [k for k in _HEALTH_STATS if not math.isfinite(getattr(record.stats, k))]
         if bad:
@@ -134,7 +125,7 @@ class Objective:
         self._close_run: Callable[[], None] = lambda: None  # of a trial cut by WorkerStopped
 
     def __call__(self, trial: optuna.Trial) -> float:
-        raise_if_stopped()  # before the trial counts as this worker's: it has no params yet
+        stops.raise_again()  # before the trial counts as this worker's: it has no params yet
         self.trial_number = trial.number
         self._check_cap(trial)
         values = suggest(trial, self.dims)

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from trpo_pipeline import stops
 from trpo_pipeline.config import Config
 from trpo_pipeline.credentials import mask
 from trpo_pipeline.tune.mlflow_runs import NoTracker, make_tracker
@@ -25,7 +26,6 @@ from trpo_pipeline.tune.objective import (
     ComposeTrial,
     Objective,
     WorkerStopped,
-    raise_if_stopped,
 )
 from trpo_pipeline.tune.report import write_report
 from trpo_pipeline.tune.storage import (
@@ -144,7 +144,7 @@ def run_study(
     )
 
     def wait_or_stop(study: optuna.Study, _: FrozenTrial) -> None:
-        raise_if_stopped()
+        stops.raise_again()
         if not _wait_for_room(study, cfg, count_running, echo):
             study.stop()
 
@@ -271,4 +271,4 @@ def _wait_for_room(study: optuna.Study, cfg: Config, count_running: bool, echo: 
             )
             said = True
         time.sleep(min(cfg.tune.storage.heartbeat_interval or 1, 5))
-        raise_if_stopped()
+        stops.raise_again()
