@@ -22,27 +22,28 @@ re-queues it for another worker; a requeued job continues the study.
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trpo_pipeline import stops, tracking
+from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, ConfigError
 from trpo_pipeline.errors import fail
 from trpo_pipeline.launch.app import guarded, run_hydra_app
 from trpo_pipeline.launch.command_line import CommandLine, preflight, read, swept_keys
 from trpo_pipeline.launch.compose import CONFIG_NAME, composition_error, find_conf_dir, load_config
 from trpo_pipeline.rl.runtime import check_device
-from trpo_pipeline.tune.objective import WorkerStopped, stop_worker
+from trpo_pipeline.tune.command import (
+    PROG,
+    interrupt_on_sigterm,
+    run_study_command,
+    tuned_config_path,
+)
 from trpo_pipeline.tune.storage import storage_url
-from trpo_pipeline.tune.study import run_study
-from trpo_pipeline.tune.summary import format_summary
 from trpo_pipeline.tune.tuned_config import check_tuned_config
 from trpo_pipeline.tune.validation import validate_tune
 
-PROG = "trpo-tune"
 STUDY_DIR = "hydra.run.dir=${tune.output_dir}/${tune.study_name}"
 # A multirun's jobs are workers of one study: each writes into the study's folder (trial
 # folders are numbered by the study, so they never collide), and the study is its own MLflow
@@ -53,10 +54,6 @@ WORKERS_DIR = [
     "~hydra.callbacks.mlflow_parent_run",
 ]
 WORKER_KEY = "tune.sampler.seed"  # the one key a multirun may sweep: a seed per worker
-
-
-def tuned_config_path(conf_dir: Path, study_name: str) -> Path:
-    return conf_dir / "experiment" / f"tuned_{study_name}.yaml"
 
 
 def override(key: str, value: Any) -> str:
@@ -142,41 +139,6 @@ def _check_workers(configs: Sequence[Config]) -> None:
         )
 
 
-def run_study_command(
-    cfg: Config,
-    compose_trial: Callable[[Mapping[str, Any]], Config],
-    study_dir: Path,
-    default: Config,
-    conf_dir: Path,
-) -> float | None:
-    try:
-        summary = run_study(
-            cfg,
-            compose_trial=compose_trial,
-            study_dir=study_dir,
-            default=default,
-            tuned_config=tuned_config_path(conf_dir, cfg.tune.study_name),
-        )
-    except WorkerStopped:
-        print(
-            f"{PROG}: stopped by SIGTERM; the running trial is marked failed and re-queued. "
-            f"The other workers, or the same command, continue study {cfg.tune.study_name!r}.",
-            file=sys.stderr,
-        )
-        # SystemExit, not an error: under submitit no result is written, so a job SLURM
-        # requeues is waited for, and one cancelled counts as not finished.
-        raise SystemExit(128 + signal.SIGTERM) from None
-    except KeyboardInterrupt:
-        print(
-            f"{PROG}: interrupted; the running trial is marked failed. Run the same "
-            f"command again to continue study {cfg.tune.study_name!r}.",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
-    print(format_summary(summary))
-    return summary.best_value
-
-
 def _tune_task(dcfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -188,25 +150,12 @@ def _tune_task(dcfg: Any) -> float | None:
         return load_config(_compose(kept + [override(k, v) for k, v in values.items()]))
 
     interrupt_on_sigterm()  # again in a submitit job: it replaces submitit's own handler
-    stops.remember(signal.SIGTERM, signal.SIGUSR2)  # and submitit's USR2 handler
 
     def body(study_dir: Path) -> float | None:
         cfg = load_config(dcfg)
         return run_study_command(cfg, compose_trial, study_dir, load_config(_compose([])), conf_dir)
 
     return guarded(PROG, body)
-
-
-def interrupt_on_sigterm() -> None:
-    """kill / a batch scheduler's SIGTERM ends the trial like Ctrl-C (marked failed at once, not
-    left to go stale), and the study re-queues it (WorkerStopped). A second SIGTERM (SLURM may
-    signal every process of the job) is ignored, so that the re-queue is not cut short."""
-
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_worker()
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from trpo_pipeline.cli.tune import PROG, interrupt_on_sigterm, run_study_command
 from trpo_pipeline.config import ConfigError
 from trpo_pipeline.errors import fail
 from trpo_pipeline.launch.compose import compose_config, find_conf_dir
 from trpo_pipeline.stages.common import PARAMS, read_params
+from trpo_pipeline.tune.command import PROG, interrupt_on_sigterm, run_study_command
 from trpo_pipeline.tune.space import with_values
 
 
