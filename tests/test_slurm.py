@@ -267,20 +267,28 @@ def test_a_job_that_fails_for_good_is_reported_and_the_sweep_fails(tmp_path: Pat
     assert f"FAILED   {failed}" in out and finished not in out.split("did not finish")[1]
 
 
-def test_a_cancelled_job_has_its_run_closed_as_killed(tmp_path: Path) -> None:
-    """`scancel` ends a job with SIGKILL after KillWait: the multirun closes its run."""
+def test_a_cancelled_job_has_its_run_closed_and_the_multirun_waits_for_the_rest(
+    tmp_path: Path,
+) -> None:
+    """`scancel` ends job 0 with SIGKILL after KillWait: Hydra's launcher gives up on the sweep
+    there; the multirun waits for job 1, then closes job 0's run KILLED and its parent."""
     uri = new_store(tmp_path / "store")
     env = command_env({"MLFLOW_TRACKING_URI": uri})
     sweep = tmp_path / "sweep"
-    # The job trains on through KillWait (submitit lets SIGTERM pass): it must not end first.
-    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", *longer(4_000_000)])
+    # Job 0 trains on through KillWait (submitit lets SIGTERM pass): it must not end first; job
+    # 1 is still training when job 0 is killed.
+    steps = [o for o in longer(0) if not o.startswith("train.total_steps=")]
+    budgets = "train.total_steps=4000000,800000"
+    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", budgets, *steps])
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        wait_for(lambda: job_started(sweep, 0), proc)
-        _signal_mid_training(job_dir(sweep, 0), ["scancel"], proc)
-        out, _ = proc.communicate(timeout=300)
+        long_job = "*train.total_steps=4000000*"
+        wait_for(lambda: any((d / JOB_REF).is_file() for d in sweep.glob(long_job)), proc)
+        (cancelled,) = sweep.glob(long_job)
+        _signal_mid_training(cancelled, ["scancel"], proc)
+        out, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -288,7 +296,12 @@ def test_a_cancelled_job_has_its_run_closed_as_killed(tmp_path: Path) -> None:
 
     runs = runs_of(uri)
     (parent,) = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
-    (child,) = [r for r in runs if r is not parent]
-    assert (child.info.status, parent.info.status) == ("KILLED", "FAILED")
-    assert child.info.end_time is not None
+    status = {r.info.run_name: r.info.status for r in runs if r is not parent}
+    finished = next(n for n in status if n != cancelled.name)
+    assert status == {cancelled.name: "KILLED", finished: "FINISHED"}
+    assert parent.info.status == "FAILED"
+    assert all(r.info.end_time is not None for r in runs)
+    assert "multirun: waiting for the 1 job(s) still queued or running" in out
+    (child,) = [r for r in runs if r.info.run_name == cancelled.name]
+    assert "multirun: 1 job(s) did not finish" in out
     assert f"KILLED   {child.info.run_name}  run {child.info.run_id}  (SLURM: CANCELLED)" in out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from trpo_pipeline import tracking
 from trpo_pipeline.config import Config, TrackingConfig, config_from_dict
 from trpo_pipeline.credentials import mask
-from trpo_pipeline.launch.slurm_state import ended_state
+from trpo_pipeline.launch.slurm_state import ended_state, queued, sweep_jobs
 from trpo_pipeline.rl.files import atomic_write
 
 PARENT_REF = "mlflow_parent_run.json"
 JOB_TAG = "scheduler_job"  # a child run's scheduler job (restart.scheduler_job_id)
+_POLL_S = 2.0  # how often a failed SLURM multirun asks whether its other jobs still run
 
 
 def _tracking_config(config: DictConfig) -> TrackingConfig:
@@ -40,10 +42,14 @@ class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.tracking: TrackingConfig | None = None
+        self.submitit_folder: str | None = None  # a SLURM sweep's: where its jobs are found
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.tracking = _tracking_config(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        launcher = config.hydra.get("launcher") or {}
+        if str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+            self.submitit_folder = str(launcher.submitit_folder)
         overrides = " ".join(config.hydra.overrides.task)
         self.run_id = tracking.start_parent_run(
             self.tracking,
@@ -66,11 +72,35 @@ class MlflowParentRun(Callback):
 
     def _close(self, *, failed: bool) -> None:
         if self.run_id is not None and self.tracking is not None:
+            if failed:
+                self._wait_for_jobs()
             run_id, self.run_id = self.run_id, None
             unfinished = tracking.finish_parent_run(self.tracking, run_id, failed=failed)
             if failed and unfinished:
                 ended = self._close_ended_jobs(unfinished)
                 print(_failed_jobs(unfinished, run_id, ended), file=sys.stderr)
+
+    def _wait_for_jobs(self) -> None:
+        """A job SLURM ended (scancel, a node failure) makes Hydra's launcher give up on the
+        rest: wait until they have ended too, so that their runs are final when the parent is
+        closed and the command ends after its jobs, as when none failed."""
+        if self.submitit_folder is None:
+            return
+        jobs = sweep_jobs(self.submitit_folder)
+        left = queued(jobs)
+        if left:
+            print(
+                f"multirun: waiting for the {len(left)} job(s) still queued or running "
+                f"({', '.join(left)}); Ctrl-C stops waiting, not them",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            while left:
+                time.sleep(_POLL_S)
+                left = queued(left)
+        except KeyboardInterrupt:
+            print("multirun: stopped waiting; the parent run is closed now", file=sys.stderr)
 
     def _close_ended_jobs(self, children: list[Any]) -> dict[str, tuple[str, str]]:
         """Close the runs of jobs SLURM ended while they ran (scancel: SIGKILL gives a job no
