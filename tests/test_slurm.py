@@ -48,11 +48,12 @@ LONGER = [
 TIMING = {"time_s", "steps_per_s"}
 
 
+WITHOUT_BUDGET = [o for o in LONGER if not o.startswith("train.total_steps=")]
+
+
 def longer(total_steps: int) -> list[str]:
     """LONGER with another budget."""
-    return [o for o in LONGER if not o.startswith("train.total_steps=")] + [
-        f"train.total_steps={total_steps}"
-    ]
+    return [*WITHOUT_BUDGET, f"train.total_steps={total_steps}"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,9 +278,10 @@ def test_a_cancelled_job_has_its_run_closed_and_the_multirun_waits_for_the_rest(
     sweep = tmp_path / "sweep"
     # Job 0 trains on through KillWait (submitit lets SIGTERM pass): it must not end first; job
     # 1 is still training when job 0 is killed.
-    steps = [o for o in longer(0) if not o.startswith("train.total_steps=")]
     budgets = "train.total_steps=4000000,800000"
-    argv = sweep_command(tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", budgets, *steps])
+    argv = sweep_command(
+        tmp_path, sweep, ["hydra/launcher=slurm", "seed=0", budgets, *WITHOUT_BUDGET]
+    )
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
