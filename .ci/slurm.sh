@@ -95,6 +95,16 @@ sacctmgr -n list cluster format=cluster | grep -qw trpo || $SUDO sacctmgr -i add
 
 pgrep -x slurmctld >/dev/null || $SUDO slurmctld
 pgrep -x slurmd >/dev/null || $SUDO slurmd
+for _ in $(seq 30); do squeue -h >/dev/null 2>&1 && break; sleep 1; done
+# The controller recovers the jobs of an earlier, ended run from StateSaveLocation (a machine
+# whose test run was killed keeps its "running" jobs): they would hold the node. Nothing of ours
+# has been submitted yet, so whatever is queued is such a leftover.
+leftover=$(squeue -h -o %F 2>/dev/null | sort -u | tr '\n' ' ')
+if [ -n "${leftover// }" ]; then
+  echo "slurm: cancelling jobs left from an earlier run: $leftover"
+  # shellcheck disable=SC2086
+  $SUDO scancel $leftover
+fi
 for _ in $(seq 60); do
   state=$(sinfo -h -o %t 2>/dev/null || true)
   [ "$state" = idle ] && break
