@@ -17,6 +17,7 @@ from trpo_pipeline.rl.policies import (
     GaussianActor,
     env_action,
     make_actor,
+    mlp,
 )
 
 CFG = PolicyConfig(hidden_sizes=(8,), critic_hidden_sizes=(8,), log_std_init=0.5)
@@ -110,3 +111,18 @@ def test_the_rollout_shortcut_samples_what_the_distribution_samples(space):
     expected = actor(obs).sample()
     torch.manual_seed(7)
     assert torch.equal(actor.sample(obs), expected)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_the_mlp_computes_what_nn_sequential_computes_bit_for_bit(activation):
+    # Its forward skips the per-layer module calls; checkpoints, curves and resumes rely on
+    # the numbers (and the state_dict keys) being nn.Sequential's exactly, with gradients.
+    torch.manual_seed(0)
+    net = mlp(5, (16, 16), 3, activation, out_gain=0.01)
+    x = torch.randn(7, 5)
+    fast, slow = net(x), torch.nn.Sequential.forward(net, x)
+    assert torch.equal(fast, slow)
+    grad_fast = torch.autograd.grad(fast.square().sum(), list(net.parameters()))
+    grad_slow = torch.autograd.grad(slow.square().sum(), list(net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(grad_fast, grad_slow, strict=True))
+    assert list(net.state_dict()) == [f"{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")]
