@@ -35,14 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import ENVS, EVAL_SEED, peak_rss_mib
+from harness import ENVS, EVAL_SEED, THREAD_ENV, peak_rss_mib
 from results_file import ResumeMismatchError, load_for_resume, recorded, save
 from tables import LIBS, ratios, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_THREADS = 1
 # Thread pools a child could otherwise size to the machine (torch's intra-op pool reads these).
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 VERSIONED = (
     "trpo-pipeline",
     "torch",

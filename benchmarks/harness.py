@@ -19,6 +19,8 @@ import gymnasium as gym
 import numpy as np
 
 EVAL_SEED = 1_000_000  # evaluation episode i is reset with EVAL_SEED + i (disjoint from training)
+# Every timed child process: one thread for torch, OpenMP and MKL, so runs compare core for core.
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from harness import THREAD_ENV
+
 PHASES = ("collect", "env step", "actor sample", "policy step", "conjugate gradient", "critic")
 BASE = ["tracking.enabled=false", "train.progress=false", "evaluate.episodes=1",
         "evaluate.video_episodes=0", "train.torch_threads=1", "overwrite=true"]  # fmt: skip
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> None:
     if args.one:
         print(json.dumps(timed_run(args.one)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = os.environ | THREAD_ENV
     results: dict[str, list[dict[str, float]]] = {v[0]: [] for v in args.variant}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -26,13 +26,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import THREAD_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (env.vectorization, env.envpool_threads)
     "sync": ("sync", 0),
     "envpool 1 thread": ("envpool", 1),
     "envpool 2 threads": ("envpool", 2),
 }
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
