@@ -40,6 +40,27 @@ TINY = [
 ]
 
 STAGES = ("train", "evaluate", "report")  # dvc.yaml's, in order
+# Every per-update metric a run records, as train/<name> (the learning curve's columns, with
+# surrogate_improvement added): written out here, not read from the code, so a lost one fails.
+TRAIN_METRICS = (
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "kl",
+    "surrogate_before",
+    "surrogate_after",
+    "surrogate_improvement",
+    "line_search_steps",
+    "line_search_accepted",
+    "cg_residual",
+    "step_size",
+    "grad_norm",
+    "entropy",
+    "value_loss",
+    "explained_variance",
+    "steps_per_s",
+    "time_s",
+)
 
 
 def tune_budget(total_steps: int = 4096) -> list[str]:

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from browser import browser_page
+from pipeline_support import TRAIN_METRICS
 from trpo_pipeline import report
 from trpo_pipeline.cli.report import main as report_main
 from trpo_pipeline.report import (
@@ -36,25 +37,6 @@ from trpo_pipeline.rl.video import record_episode
 
 UPDATES = 30
 STEPS_PER_UPDATE = 2048
-TRAIN_COLUMNS = (
-    "episode_return",
-    "episode_length",
-    "episodes",
-    "kl",
-    "surrogate_before",
-    "surrogate_after",
-    "surrogate_improvement",
-    "line_search_steps",
-    "line_search_accepted",
-    "cg_residual",
-    "step_size",
-    "grad_norm",
-    "entropy",
-    "value_loss",
-    "explained_variance",
-    "steps_per_s",
-    "time_s",
-)
 BASE_PARAMS = {
     "env.id": "CartPole-v1",
     "env.normalize_obs": "False",
@@ -134,7 +116,7 @@ def _log_training_run(
             "steps_per_s": 4000.0,
             "time_s": 0.5 * u,
         }
-        assert set(row) == set(TRAIN_COLUMNS)
+        assert set(row) == set(TRAIN_METRICS)
         metrics += [Metric(f"train/{k}", v, 1_700_000_000_000 + u, step) for k, v in row.items()]
     evals = {
         "eval/mean_return": eval_mean,

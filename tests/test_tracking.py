@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_support import BIN, TINY, command_env, new_store, run
+from pipeline_support import BIN, TINY, TRAIN_METRICS, command_env, new_store, run
 from trpo_pipeline import tracking
 from trpo_pipeline.config import TrackingConfig, config_from_dict
 from trpo_pipeline.rl.checkpoint import load_checkpoint
@@ -38,25 +38,6 @@ CONTRACT_TAGS = (
     "gymnasium_version",
     "seed",
     "env_id",
-)
-PER_UPDATE = (
-    "episode_return",
-    "episode_length",
-    "episodes",
-    "kl",
-    "surrogate_before",
-    "surrogate_after",
-    "surrogate_improvement",
-    "line_search_steps",
-    "line_search_accepted",
-    "cg_residual",
-    "step_size",
-    "grad_norm",
-    "entropy",
-    "value_loss",
-    "explained_variance",
-    "steps_per_s",
-    "time_s",
 )
 
 
@@ -108,7 +89,7 @@ def test_metric_histories_follow_the_learning_curve(stages: dict[str, Any]) -> N
     with (stages["work"] / "outputs/train/learning_curve.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     steps = [int(r["env_steps"]) for r in rows]
-    for name in PER_UPDATE:
+    for name in TRAIN_METRICS:
         history = client.get_metric_history(stages["run_id"], f"train/{name}")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == steps, name
     kl = {m.step: m.value for m in client.get_metric_history(stages["run_id"], "train/kl")}
@@ -222,7 +203,7 @@ def test_multirun_is_a_parent_with_a_child_per_job(
     assert all(k.info.status == "FINISHED" for k in kids)
     combos = {(k.data.params["seed"], k.data.params["algo.max_kl"]) for k in kids}
     assert len(combos) == children  # one child per job, each with its own config
-    assert all(len(k.data.metrics) > len(PER_UPDATE) // 2 for k in kids)
+    assert all(len(k.data.metrics) > len(TRAIN_METRICS) // 2 for k in kids)
 
 
 def test_update_metrics_are_sent_in_batches(tiny_config: Any, tmp_path: Path) -> None:

@@ -27,18 +27,7 @@ from trpo_pipeline.report.runs import (
     RunData,
 )
 from trpo_pipeline.report.stats import mean_ci
-
-PROVENANCE_TAGS = (
-    "git_commit",
-    "git_dirty",
-    "dvc_exp_name",
-    "config_hash",
-    "python_version",
-    "torch_version",
-    "gymnasium_version",
-    "seed",
-    "env_id",
-)
+from trpo_pipeline.tracking.records import PROVENANCE_TAGS
 
 
 def _fmt(x: float, digits: int = 1) -> str:

@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     from trpo_pipeline.rl.evaluate import EvalResult
     from trpo_pipeline.rl.train import UpdateRecord
 
+# The tags provenance_tags always writes (a config adds the last three), in the order the
+# report shows them; mlflow.source.git.commit and dvc_exp_baseline_rev are extras for the UI.
+PROVENANCE_TAGS = (
+    "git_commit",
+    "git_dirty",
+    "dvc_exp_name",
+    "config_hash",
+    "python_version",
+    "torch_version",
+    "gymnasium_version",
+    "seed",
+    "env_id",
+)
 # Wall-clock measurements: the only metrics a re-run cannot reproduce exactly.
 TIMING_METRICS = frozenset({"train/time_s", "train/steps_per_s"})
 EVAL_METRICS = ("mean_return", "std_return", "min_return", "max_return", "mean_length")
