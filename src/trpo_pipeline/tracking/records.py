@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from trpo_pipeline.rl.evaluate import EvalResult
     from trpo_pipeline.rl.train import UpdateRecord
 
-# The tags provenance_tags always writes (a config adds the last three), in the order the
-# report shows them; mlflow.source.git.commit and dvc_exp_baseline_rev are extras for the UI.
+# The tags provenance_tags writes (config_hash, seed and env_id when given a config), in the order
+# the report shows them; mlflow.source.git.commit and dvc_exp_baseline_rev are extras for the UI.
 PROVENANCE_TAGS = (
     "git_commit",
     "git_dirty",
