@@ -41,7 +41,6 @@ from tables import LIBS, ratios, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_THREADS = 1
-# Thread pools a child could otherwise size to the machine (torch's intra-op pool reads these).
 VERSIONED = (
     "trpo-pipeline",
     "torch",
