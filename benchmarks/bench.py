@@ -274,6 +274,7 @@ def env_settings(env_key: str, seeds: list[int], scale: float) -> dict[str, Any]
     budget, eval_every = env.scaled(scale)
     return {
         "env_id": env.env_id,
+        "env_kwargs": env.env_kwargs,
         "budget": budget,
         "eval_every": eval_every,
         "threshold": env.threshold,

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import yaml
 
 EVAL_SEED = 1_000_000  # evaluation episode i is reset with EVAL_SEED + i (disjoint from training)
 # Every timed child process: one thread for torch, OpenMP and MKL, so runs compare core for core.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class BenchEnv:
     seeds: int  # default number of seeds (0 .. seeds-1)
     zoo_block: str  # block of rl-zoo's hyperparams/trpo.yml used for sb3-contrib
     zoo_overrides: dict[str, object] = field(default_factory=dict)
+    # gymnasium.make's arguments for every env of the task, both libraries' and the
+    # evaluation's: trpo-pipeline's env.kwargs in conf/experiment/<key>.yaml.
+    env_kwargs: dict[str, object] = field(default_factory=dict)
     note: str = ""  # said in the output next to the table
 
     def scaled(self, scale: float) -> tuple[int, int]:
@@ -78,6 +84,23 @@ def _mujoco_note(env_id: str, threshold: float, zoo_block: str) -> str:
     )
 
 
+def experiment_env_kwargs(key: str) -> dict[str, object]:
+    """``env.kwargs`` of conf/experiment/<key>.yaml ({} without the file or the key)."""
+    path = CONF_DIR / "experiment" / f"{key}.yaml"
+    experiment = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return dict(((experiment or {}).get("env") or {}).get("kwargs") or {})
+
+
+def _kwargs_note(env_id: str, kwargs: dict[str, object], key: str) -> str:
+    if not kwargs:
+        return ""
+    made = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return (
+        f" Both libraries train and are evaluated on {env_id} made with {made} "
+        f"(env.kwargs of conf/experiment/{key}.yaml)."
+    )
+
+
 def _mujoco_suite() -> dict[str, BenchEnv]:
     return {
         key: BenchEnv(
@@ -89,7 +112,9 @@ def _mujoco_suite() -> dict[str, BenchEnv]:
             eval_episodes=10,
             seeds=3,
             zoo_block=zoo_block,
-            note=_mujoco_note(env_id, threshold, zoo_block),
+            env_kwargs=experiment_env_kwargs(key),
+            note=_mujoco_note(env_id, threshold, zoo_block)
+            + _kwargs_note(env_id, experiment_env_kwargs(key), key),
         )
         for key, env_id, threshold, zoo_block in _MUJOCO_SUITE
     }
@@ -194,8 +219,11 @@ class EvalEpisodes:
     episode is counted.
     """
 
-    def __init__(self, env_id: str, episodes: int, seed: int = EVAL_SEED) -> None:
-        self.envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync")
+    def __init__(self, env: BenchEnv, seed: int = EVAL_SEED) -> None:
+        episodes = env.eval_episodes
+        self.envs = gym.make_vec(
+            env.env_id, num_envs=episodes, vectorization_mode="sync", **env.env_kwargs
+        )
         self.action_space = self.envs.single_action_space
         self.episodes, self.seed = episodes, seed
 

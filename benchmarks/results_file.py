@@ -15,7 +15,17 @@ from typing import Any
 from tables import only_session, report_markdown
 
 # What makes two runs comparable: the same numbers here, or a resumed file is refused.
-COMPARED_SETTINGS = ("env_id", "budget", "eval_every", "threshold", "eval_episodes", "eval_seed")
+COMPARED_SETTINGS = (
+    "env_id",
+    "env_kwargs",
+    "budget",
+    "eval_every",
+    "threshold",
+    "eval_episodes",
+    "eval_seed",
+)
+# What files written before a setting existed hold in its place.
+SETTING_DEFAULTS: dict[str, Any] = {"env_kwargs": {}}
 
 RunKey = tuple[str, str, int]  # (env key, lib, seed)
 
@@ -64,9 +74,10 @@ def load_for_resume(
             continue
         have = env["settings"]
         for key in COMPARED_SETTINGS:
-            if have[key] != wanted[key]:
+            had = have.get(key, SETTING_DEFAULTS.get(key))
+            if had != wanted[key]:
                 raise ResumeMismatchError(
-                    f"{env_key} {key} is {have[key]} in {path}, {wanted[key]} in this command"
+                    f"{env_key} {key} is {had} in {path}, {wanted[key]} in this command"
                 )
         have["seeds"] = sorted(set(have["seeds"]) | set(wanted["seeds"]))
         env["runs"] = [r for r in env["runs"] if "error" not in r]

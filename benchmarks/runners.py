@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from harness import BenchEnv, EvalEpisodes, EvalLog, TrainingClock, run_record
-
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+from harness import CONF_DIR, BenchEnv, EvalEpisodes, EvalLog, TrainingClock, run_record
 
 # --- trpo-pipeline ----------------------------------------------------------------------------
 
@@ -88,8 +85,10 @@ def run_ours(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str
     if "tracking" in composed:  # the benchmark times training, not an MLflow store
         composed.tracking.enabled = False
     cfg = load_config(composed)
+    if cfg.env.kwargs != env.env_kwargs:  # the evaluation's envs and sb3-contrib's get these
+        raise RuntimeError(f"{env.key}: env.kwargs {cfg.env.kwargs} != {env.env_kwargs}")
 
-    episodes = EvalEpisodes(env.env_id, env.eval_episodes)
+    episodes = EvalEpisodes(env)
     clock = TrainingClock()
     log = EvalLog(eval_every, env.threshold, clock, episodes)
     with capture_policy(engine) as live, tempfile.TemporaryDirectory() as tmp:
@@ -201,12 +200,14 @@ def run_sb3(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str,
             log.maybe(self.num_timesteps, act)
             return True
 
-    episodes = EvalEpisodes(env.env_id, env.eval_episodes)
+    episodes = EvalEpisodes(env)
     clock = TrainingClock()
     log = EvalLog(eval_every, env.threshold, clock, episodes)
     clock.start()
     # As rl-zoo builds it: DummyVecEnv of Monitor-wrapped envs, env i seeded seed + i.
-    venv = make_vec_env(env.env_id, n_envs=hp.get("n_envs", 1), seed=seed)
+    venv = make_vec_env(
+        env.env_id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env.env_kwargs
+    )
     if norm_kwargs is not None:
         venv = VecNormalize(venv, **norm_kwargs)
     model = TRPO(hp.get("policy", "MlpPolicy"), venv, seed=seed, device="cpu", **model_kwargs)
@@ -225,6 +226,7 @@ def run_sb3(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str,
         "source": source,
         "hyperparams": {k: v for k, v in hp.items() if k != "n_timesteps"},
         "vec_normalize": norm_kwargs,
+        "env_kwargs": env.env_kwargs,
     }
     note = "budget from the issue; rl-zoo's n_timesteps not used"
     return run_record(env_steps=model.num_timesteps, clock=clock, log=log, config=config, note=note)

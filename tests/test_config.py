@@ -50,6 +50,11 @@ BAD = [
     # what gymnasium and conf/ do not know
     ("env.id=Nope-v0", "env.id", "unknown gymnasium environment"),
     ("env=nope", "env", "no config 'nope'"),
+    ("env.vectorization=envpool", "env.vectorization", "add it with a leading '+'"),
+    # env.kwargs: the env's constructor decides, before anything runs
+    ("+env.kwargs.bogus=1", "env.kwargs.bogus", "CartPole-v1 takes no such argument"),
+    ("+env.kwargs.render_mode=human", "env.kwargs.render_mode", "set by the engine"),
+    ("+env.kwargs.sutton_barto_reward={a:1}", "env.kwargs", "values must be numbers"),
     # non-finite numbers
     ("algo.max_kl=inf", "algo.max_kl", "finite"),
     ("algo.max_kl=-inf", "algo.max_kl", "finite"),
@@ -85,6 +90,24 @@ def test_bad_config_fails_with_one_line_naming_the_key(override, key, problem):
     assert message.startswith(f"{key}: ")
     assert problem in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["+env.kwargs.xml_file=nope.xml", "+env.kwargs.reset_noise_scale=abc"],  # make, reset
+)
+def test_env_kwargs_the_env_refuses_fail_naming_the_key(override):
+    with pytest.raises(ConfigError) as caught:
+        load("env=hopper", override)
+    assert caught.value.key == "env.kwargs"
+    assert str(caught.value).startswith("env.kwargs: gymnasium.make('Hopper-v5', **env.kwargs)")
+    assert "\n" not in str(caught.value)
+
+
+def test_env_kwargs_take_envpool_out():
+    with pytest.raises(ConfigError) as caught:
+        load("env=hopper", "+env.vectorization=envpool", "+env.kwargs.frame_skip=4")
+    assert str(caught.value) == "env.kwargs: env.vectorization=envpool takes none (allowed: sync)"
 
 
 # --- through the real CLI: exit 2, one line, nothing written ---------------------------------

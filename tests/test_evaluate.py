@@ -16,17 +16,26 @@ from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
 from trpo_pipeline.rl.policies import make_actor
 from trpo_pipeline.rl.train import train
 
+# Pendulum at a tenth of its gravity: env.kwargs must reach the envs evaluation builds too.
+RUNS = {
+    "CartPole-v1": ("CartPole-v1", {}),
+    "Pendulum-v1": ("Pendulum-v1", {}),
+    "Pendulum-v1 g=1": ("Pendulum-v1", {"g": 1.0}),
+}
 
-@pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1"])
+
+@pytest.fixture(scope="module", params=sorted(RUNS))
 def checkpoint(request, tmp_path_factory, tiny_config):
-    return train(tiny_config(request.param), tmp_path_factory.mktemp("run")).checkpoint
+    env_id, kwargs = RUNS[request.param]
+    cfg = tiny_config(env_id, env={"kwargs": kwargs})
+    return train(cfg, tmp_path_factory.mktemp("run")).checkpoint
 
 
 def replay_episode(checkpoint, seed: int) -> tuple[float, int]:
     """One episode in a plain gymnasium env reset with ``seed``, acting with the policy mean."""
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt.config)
-    env = gym.make(cfg.env.id)
+    env = gym.make(cfg.env.id, **cfg.env.kwargs)
     actor = make_actor(env.observation_space.shape[0], env.action_space, cfg.policy)
     actor.load_state_dict(ckpt.actor)
     normalizer = ckpt.obs_normalizer and ObsNormalizer.from_state_dict(ckpt.obs_normalizer)

@@ -47,6 +47,12 @@ class EnvConfig:
     """Which gymnasium environment, and how its observations and rewards are preprocessed."""
 
     id: str = setting("CartPole-v1", "any id gymnasium's registry knows (classic control, MuJoCo)")
+    kwargs: dict[str, Any] = setting(
+        {},
+        "arguments of the env's constructor, given to gymnasium.make (Ant-v5: "
+        "include_cfrc_ext_in_observation: false)",
+        check=runtime.env_kwargs_data,
+    )
     normalize_obs: bool = setting(False, "running mean/std normalisation, saved in the checkpoint")
     clip_obs: float = setting(10.0, "normalised observations are clipped to +-clip_obs", gt=0)
     normalize_reward: bool = setting(False, "divide rewards by the running std of the return")
@@ -69,6 +75,13 @@ class EnvConfig:
             raise ConfigError("id", problem)
         if problem := runtime.vectorization_problem(self.vectorization, self.id):
             raise ConfigError("vectorization", problem)
+        if self.kwargs and self.vectorization != "sync":
+            raise ConfigError(
+                "kwargs", f"env.vectorization={self.vectorization} takes none (allowed: sync)"
+            )
+        if found := runtime.env_kwargs_problem(self.id, self.kwargs):
+            key, problem = found
+            raise ConfigError(f"kwargs.{key}" if key else "kwargs", problem)
 
 
 @dataclass(frozen=True)

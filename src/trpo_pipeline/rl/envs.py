@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -42,14 +44,17 @@ def make_vector_env(
     env_id: str,
     num_envs: int,
     *,
+    kwargs: Mapping[str, Any] | None = None,
     seed_per_env: bool = False,
     vectorization: str = "sync",
     envpool_threads: int = 0,
 ) -> gym.vector.VectorEnv:
     """A vector env: gymnasium's native vectorised implementation when the env has one.
 
-    ``seed_per_env`` asks for one gymnasium env per slot instead, so that ``reset(seed=s)``
-    seeds env i with s + i: a native vector env (CartPole's) draws every env from one generator.
+    ``kwargs`` go to each env's constructor (``env.kwargs``). ``seed_per_env``, or any
+    ``kwargs``, asks for one gymnasium env per slot instead: ``reset(seed=s)`` then seeds env i
+    with s + i (a native vector env, CartPole's, draws every env from one generator), and the
+    arguments are the env's own (a native vector env's constructor takes others).
     ``vectorization="envpool"`` gives EnvPool's C++ envs on ``envpool_threads`` threads instead
     (MuJoCo ids; the config checks the id first, runtime.vectorization_problem).
     """
@@ -58,7 +63,7 @@ def make_vector_env(
         _route_mujoco_warnings()
     if vectorization == "envpool":
         return EnvPoolVectorEnv(env_id, num_envs, threads=envpool_threads)
-    if spec.vector_entry_point is not None and not seed_per_env:
+    if spec.vector_entry_point is not None and not seed_per_env and not kwargs:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     else:
         envs = gym.make_vec(
@@ -66,6 +71,7 @@ def make_vector_env(
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AUTORESET_MODE},
+            **dict(kwargs or {}),
         )
     mode = envs.metadata.get("autoreset_mode")
     if mode != AUTORESET_MODE:

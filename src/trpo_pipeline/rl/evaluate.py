@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from trpo_pipeline.rl.checkpoint import load_checkpoint
-from trpo_pipeline.rl.config import EvaluateConfig, run_config_from_dict
+from trpo_pipeline.rl.config import EnvConfig, EvaluateConfig, run_config_from_dict
 from trpo_pipeline.rl.envs import make_vector_env, space_dims
 from trpo_pipeline.rl.files import atomic_write
 from trpo_pipeline.rl.normalizers import ObsNormalizer, preprocess
@@ -49,7 +49,7 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig, *, video_dir: Path | None = 
     normalizer = (
         None if ckpt.obs_normalizer is None else ObsNormalizer.from_state_dict(ckpt.obs_normalizer)
     )
-    envs = make_vector_env(run_cfg.env.id, 1)
+    envs = make_vector_env(run_cfg.env.id, 1, kwargs=run_cfg.env.kwargs)
     try:
         obs_dim, action_space = space_dims(envs)
     finally:
@@ -58,9 +58,9 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig, *, video_dir: Path | None = 
         actor = make_actor(obs_dim, action_space, run_cfg.policy)
     actor.load_state_dict(ckpt.actor)
     recorded = cfg.video_episodes if video_dir is not None else 0
-    returns, lengths, actions = _run_episodes(actor, normalizer, run_cfg.env.id, cfg, recorded)
+    returns, lengths, actions = _run_episodes(actor, normalizer, run_cfg.env, cfg, recorded)
     if video_dir is not None:
-        record_videos(run_cfg.env.id, cfg, actions, video_dir)
+        record_videos(run_cfg.env, cfg, actions, video_dir)
     return EvalResult(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
@@ -79,19 +79,17 @@ def evaluate(checkpoint: Path, cfg: EvaluateConfig, *, video_dir: Path | None = 
 
 
 def record_videos(
-    env_id: str, cfg: EvaluateConfig, actions: list[list[np.ndarray]], folder: Path
+    env: EnvConfig, cfg: EvaluateConfig, actions: list[list[np.ndarray]], folder: Path
 ) -> list[Video]:
     """Episode i of ``actions`` (seeded ``cfg.seed + i``) as ``folder/episode-<i>.mp4``."""
     return [
-        record_episode(
-            env_id, cfg.seed + i, acts, folder, episode=i, max_frames=cfg.video_max_frames
-        )
+        record_episode(env, cfg.seed + i, acts, folder, episode=i, max_frames=cfg.video_max_frames)
         for i, acts in enumerate(actions)
     ]
 
 
 def run_episodes(
-    actor: Actor, normalizer: ObsNormalizer | None, env_id: str, cfg: EvaluateConfig
+    actor: Actor, normalizer: ObsNormalizer | None, env: EnvConfig, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of ``cfg.episodes`` episodes of a live policy; episode i is seeded
     ``cfg.seed + i``.
@@ -101,18 +99,18 @@ def run_episodes(
     seeds. Sampling (deterministic=false) draws from a forked RNG: evaluating in the middle of
     training leaves training's random stream untouched.
     """
-    returns, lengths, _ = _run_episodes(actor, normalizer, env_id, cfg, 0)
+    returns, lengths, _ = _run_episodes(actor, normalizer, env, cfg, 0)
     return returns, lengths
 
 
 def _run_episodes(
-    actor: Actor, normalizer: ObsNormalizer | None, env_id: str, cfg: EvaluateConfig, keep: int
+    actor: Actor, normalizer: ObsNormalizer | None, env: EnvConfig, cfg: EvaluateConfig, keep: int
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
     """:func:`run_episodes`, plus the env actions of the first ``keep`` episodes (up to
     ``cfg.video_max_frames`` each): what a video replays."""
     n = cfg.episodes
     actions: list[list[np.ndarray]] = [[] for _ in range(min(keep, n))]
-    envs = make_vector_env(env_id, n, seed_per_env=True)
+    envs = make_vector_env(env.id, n, kwargs=env.kwargs, seed_per_env=True)
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)
     running = np.ones(n, bool)
     was_training = actor.training

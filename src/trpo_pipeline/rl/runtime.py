@@ -8,7 +8,10 @@ before anything runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import difflib
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from trpo_pipeline.rl.errors import ConfigError
 
@@ -30,6 +33,75 @@ def env_id_problem(env_id: str) -> str | None:
     )
     hint = f" (did you mean {', '.join(close)}?)" if close else " (see gymnasium.pprint_registry())"
     return f"unknown gymnasium environment {env_id!r}{hint}"
+
+
+# Set by the engine itself, never by a config: rendering is evaluation's choice (video.py).
+_ENGINE_ARGS = ("render_mode",)
+_PLAIN = bool | int | float | str | None
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def env_kwargs_data(kwargs: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``env.kwargs`` as data: names, and values YAML, JSON and a checkpoint
+    (loaded with weights_only) all hold: numbers, strings, booleans, null and lists of them."""
+    for name, value in kwargs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            return f"argument names must be Python identifiers, got {name!r}"
+        items = value if isinstance(value, list | tuple) else [value]
+        if not all(isinstance(v, _PLAIN) for v in items):
+            return f"{name}: values must be numbers, strings, booleans, null or lists of them"
+    return None
+
+
+def env_arguments(env_id: str) -> list[str]:
+    """The keyword arguments the constructor of ``env_id`` names: its own and those of the
+    classes it hands ``**kwargs`` on to (a MuJoCo env's MujocoEnv)."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    inits = (
+        [vars(owner)["__init__"] for owner in creator.__mro__ if "__init__" in vars(owner)]
+        if isinstance(creator, type)
+        else [creator]
+    )
+    names: set[str] = set()
+    for init in inits:
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind in _NAMED}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(names)
+
+
+def env_kwargs_problem(env_id: str, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(argument, what is wrong) when ``gymnasium.make(env_id, **kwargs)`` cannot build and
+    reset the env (argument "" when the fault is not one argument's); None when it can. The
+    env is built once to find out: a value's type or range is the env's own rule."""
+    if not kwargs:
+        return None
+    import gymnasium as gym
+
+    every = env_arguments(env_id)
+    for name in kwargs:
+        if name in _ENGINE_ARGS:
+            return name, "is set by the engine (evaluation renders its videos itself)"
+        if name not in every:
+            close = difflib.get_close_matches(name, every, n=2)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            where = str(gym.spec(env_id).entry_point).replace(":", ".")
+            return name, f"{env_id} takes no such argument ({hint}see help({where}))"
+    try:
+        env = gym.make(env_id, **kwargs)
+        try:
+            env.reset(seed=0)  # some arguments are first used here (reset_noise_scale)
+        finally:
+            env.close()
+    except Exception as err:  # whatever the env raises (TypeError, ValueError, ...) answers
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return "", f"gymnasium.make({env_id!r}, **env.kwargs) failed: {first}"
+    return None
 
 
 def envpool_mujoco_ids() -> list[str]:

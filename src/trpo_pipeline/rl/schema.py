@@ -251,6 +251,8 @@ def describe_override_key(cls: type, dotted: str) -> ConfigError:
         if in_data:
             return new_entry
         if not dataclasses.is_dataclass(hints[part]) and typing.get_origin(hints[part]) is not dict:
+            if depth == len(parts) - 1:  # a field no config file sets (ant's vectorization)
+                return new_entry
             return ConfigError(
                 dotted, f"{prefix + '.' if prefix else ''}{part} takes a single value"
             )

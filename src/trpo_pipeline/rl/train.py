@@ -309,6 +309,7 @@ def train(cfg: RunConfig, run_dir: Path, *, callbacks: Sequence[Callback] = ()) 
     envs = make_vector_env(
         cfg.env.id,
         cfg.algo.num_envs,
+        kwargs=cfg.env.kwargs,
         vectorization=cfg.env.vectorization,
         envpool_threads=cfg.env.envpool_threads,
     )

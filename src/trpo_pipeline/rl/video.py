@@ -16,6 +16,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from trpo_pipeline.rl.config import EnvConfig
+
 # Headless rendering: pygame (classic control) without a display, MuJoCo through EGL (Mesa's
 # software renderer works with no GPU; MUJOCO_GL=osmesa is the other choice). Both are read
 # when the renderer is first imported, so they are set before any env is made; a user's own
@@ -39,7 +41,7 @@ def video_name(episode: int) -> str:
 
 
 def record_episode(
-    env_id: str,
+    env: EnvConfig,
     seed: int,
     actions: Sequence[np.ndarray],
     folder: Path,
@@ -55,8 +57,8 @@ def record_episode(
         raise ValueError(f"episode with seed {seed} took no actions: nothing to record")
     out = folder / video_name(episode)
     folder.mkdir(parents=True, exist_ok=True)
-    env = gym.make(env_id, render_mode="rgb_array")
-    fps = int(env.metadata.get("render_fps") or DEFAULT_FPS)
+    sim = gym.make(env.id, render_mode="rgb_array", **env.kwargs)
+    fps = int(sim.metadata.get("render_fps") or DEFAULT_FPS)
     # Each frame goes to ffmpeg as soon as it is rendered: ffmpeg (a process of its own)
     # encodes on another core while the next frames render, instead of after all of them.
     # macro_block_size=1: frames keep their size (600 px wide CartPole is not padded to 608).
@@ -64,15 +66,15 @@ def record_episode(
     poster_frame = None  # the first frame
     count = 0
     try:
-        env.reset(seed=seed)
+        sim.reset(seed=seed)
         for action in actions[:max_frames]:
-            frame = np.asarray(env.render())
+            frame = np.asarray(sim.render())
             writer.append_data(frame)
             poster_frame = frame if count == 0 else poster_frame
             count += 1
-            env.step(action)
+            sim.step(action)
     finally:
-        env.close()
+        sim.close()
         writer.close()
     poster = out.with_suffix(".png")
     imageio.imwrite(poster, poster_frame)

@@ -32,7 +32,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))
         cfg = run_config_from_dict(ckpt.config)
-        env = gym.make(cfg.env.id)  # only for its spaces
+        env = gym.make(cfg.env.id, **cfg.env.kwargs)  # only for its spaces
         self.obs_dim = int(env.observation_space.shape[0])
         self.action_space = env.action_space
         env.close()
