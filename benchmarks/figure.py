@@ -29,7 +29,7 @@ mpl.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import EngFormatter
-from results_file import COMPARED_SETTINGS
+from results_file import COMPARED_SETTINGS, setting
 from scipy import stats
 from tables import LIBS
 
@@ -54,7 +54,7 @@ def merge(paths: list[Path]) -> dict[str, dict[str, Any]]:
         for key, env in json.loads(path.read_text())["envs"].items():
             merged = envs.setdefault(key, {"settings": env["settings"], "runs": []})
             for name in COMPARED_SETTINGS:
-                if merged["settings"][name] != env["settings"][name]:
+                if setting(merged["settings"], name) != setting(env["settings"], name):
                     raise ValueError(f"{key} {name} differs between the files ({path})")
             for run in env["runs"]:
                 if "error" in run:

@@ -27,6 +27,12 @@ COMPARED_SETTINGS = (
 # What files written before a setting existed hold in its place.
 SETTING_DEFAULTS: dict[str, Any] = {"env_kwargs": {}}
 
+
+def setting(settings: dict[str, Any], name: str) -> Any:
+    """An env's recorded setting ``name``, older files' default where they lack it."""
+    return settings.get(name, SETTING_DEFAULTS.get(name))
+
+
 RunKey = tuple[str, str, int]  # (env key, lib, seed)
 
 
@@ -74,7 +80,7 @@ def load_for_resume(
             continue
         have = env["settings"]
         for key in COMPARED_SETTINGS:
-            had = have.get(key, SETTING_DEFAULTS.get(key))
+            had = setting(have, key)
             if had != wanted[key]:
                 raise ResumeMismatchError(
                     f"{env_key} {key} is {had} in {path}, {wanted[key]} in this command"
