@@ -101,23 +101,24 @@ def _kwargs_note(env_id: str, kwargs: dict[str, object], key: str) -> str:
     )
 
 
+def _mujoco_task(key: str, env_id: str, threshold: float, zoo_block: str) -> BenchEnv:
+    kwargs = experiment_env_kwargs(key)
+    return BenchEnv(
+        key=key,
+        env_id=env_id,
+        budget=1_000_000,
+        threshold=threshold,
+        eval_every=50_000,
+        eval_episodes=10,
+        seeds=3,
+        zoo_block=zoo_block,
+        env_kwargs=kwargs,
+        note=_mujoco_note(env_id, threshold, zoo_block) + _kwargs_note(env_id, kwargs, key),
+    )
+
+
 def _mujoco_suite() -> dict[str, BenchEnv]:
-    return {
-        key: BenchEnv(
-            key=key,
-            env_id=env_id,
-            budget=1_000_000,
-            threshold=threshold,
-            eval_every=50_000,
-            eval_episodes=10,
-            seeds=3,
-            zoo_block=zoo_block,
-            env_kwargs=experiment_env_kwargs(key),
-            note=_mujoco_note(env_id, threshold, zoo_block)
-            + _kwargs_note(env_id, experiment_env_kwargs(key), key),
-        )
-        for key, env_id, threshold, zoo_block in _MUJOCO_SUITE
-    }
+    return {task[0]: _mujoco_task(*task) for task in _MUJOCO_SUITE}
 
 
 ENVS: dict[str, BenchEnv] = {
