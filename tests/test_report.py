@@ -33,6 +33,7 @@ from trpo_pipeline.report import (
     t_quantile_975,
     write_report,
 )
+from trpo_pipeline.rl.config import EnvConfig
 from trpo_pipeline.rl.video import record_episode
 
 UPDATES = 30
@@ -152,7 +153,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         small.append(rid)
         evals[rid] = (mean, std)
     # An evaluation video on the first run: 20 CartPole frames, as the evaluate stage logs it.
-    clip = record_episode("CartPole-v1", 0, [0, 1] * 10, root / "clip", episode=0, max_frames=20)
+    clip = record_episode(
+        EnvConfig("CartPole-v1"), 0, [0, 1] * 10, root / "clip", episode=0, max_frames=20
+    )
     client.log_artifacts(small[0], str(clip.path.parent), "video")
     parent = client.create_run(cartpole, run_name="multirun", tags={"sweep": "kl"}).info.run_id
     large = []
