@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trpo_pipeline.rl.config import RunConfig
-from trpo_pipeline.rl.errors import CheckpointError
+from trpo_pipeline.rl.errors import CheckpointError, first_line
 from trpo_pipeline.rl.files import publish, temporary_path
 
 FORMAT_VERSION = 1
@@ -114,7 +114,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = (str(err).strip() or "unpickling failed").splitlines()[0]
+        first = first_line(str(err), "unpickling failed")
         raise CheckpointError(
             f"{path}: refused to load (not a plain-data checkpoint: {first})"
         ) from None

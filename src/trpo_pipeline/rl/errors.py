@@ -5,6 +5,11 @@ from __future__ import annotations
 MAX_MESSAGE = 300  # characters of an error line: a huge value is shown cut short
 
 
+def first_line(text: str, fallback: str) -> str:
+    """The first line of an error's message, or ``fallback`` when it is empty."""
+    return text.strip().splitlines()[0] if text.strip() else fallback
+
+
 class ConfigError(ValueError):
     """A user-caused configuration problem; ``str(err)`` is the one line to show them."""
 

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from trpo_pipeline.rl.errors import ConfigError
+from trpo_pipeline.rl.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +99,7 @@ def env_kwargs_problem(env_id: str, kwargs: Mapping[str, Any]) -> tuple[str, str
         finally:
             env.close()
     except Exception as err:  # whatever the env raises (TypeError, ValueError, ...) answers
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(str(err), type(err).__name__)
         return "", f"gymnasium.make({env_id!r}, **env.kwargs) failed: {first}"
     return None
 
