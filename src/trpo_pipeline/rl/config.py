@@ -101,7 +101,11 @@ class PolicyConfig:
 class AlgoConfig:
     """TRPO (Schulman et al. 2015) with GAE (Schulman et al. 2016) and a fitted value function."""
 
-    max_kl: float = setting(0.01, "delta: trust-region radius on mean KL(old || new)", gt=0)
+    # The KL of the whole action, as in the paper; sb3-contrib's target_kl is the KL per action
+    # dimension, so its value is act_dim x target_kl here (docs/benchmarks.md).
+    max_kl: float = setting(
+        0.01, "delta: trust-region radius on mean KL(old || new) of the whole action", gt=0
+    )
     gamma: float = setting(0.99, "discount", gt=0.0, le=1.0)
     gae_lambda: float = setting(
         0.95, "GAE lambda: 0 = one-step TD, 1 = Monte Carlo", ge=0.0, le=1.0
