@@ -25,7 +25,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from harness import ENVS, BenchEnv
 from runners import sb3_model_kwargs, vec_normalize_kwargs, zoo_hyperparams
@@ -52,9 +51,13 @@ def sb3_batch(env: BenchEnv, update: int, seed: int) -> Sb3Batch:
     from stable_baselines3.common.vec_env import VecNormalize
 
     hp, _ = zoo_hyperparams(env)
+    if hp.get("use_sde"):  # gSDE's noise weights have no counterpart in this engine's actor
+        raise SystemExit(f"--envs {env.key}: rl-zoo's block uses gSDE; only plain Gaussians map")
     venv = make_vec_env(
         env.env_id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env.env_kwargs
     )
+    if len(venv.action_space.shape) != 1:  # Discrete: one categorical, the units agree
+        raise SystemExit(f"--envs {env.key}: only Box action spaces have a per-dimension KL")
     if (norm := vec_normalize_kwargs(hp)) is not None:
         venv = VecNormalize(venv, **norm)
     captured: dict[str, Any] = {}
@@ -123,7 +126,7 @@ def compare(env: BenchEnv, update: int, seed: int) -> list[str]:
         f"{target_kl:g}, cg_damping {damping:g} | {batch.objective_after:.4f} | "
         f"{batch.kl_per_dim * act_dim:.4f} | 0 |"
     ]
-    for scale in (1, act_dim):
+    for scale in sorted({1, act_dim}):  # one action: the units agree, one row
         actor = our_actor(batch.actor_before, act_dim)
         cfg = AlgoConfig(
             max_kl=scale * target_kl,
@@ -147,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    np.set_printoptions(precision=4)
     print(
         "| batch | step | surrogate after | KL of the action "
         "| largest parameter gap to sb3-contrib's |"
