@@ -184,11 +184,22 @@ def vec_normalize_kwargs(hp: dict[str, Any]) -> dict[str, Any] | None:
     return kwargs
 
 
+def zoo_venv(env: BenchEnv, hp: dict[str, Any], seed: int) -> Any:
+    """The training envs as rl-zoo builds them: a DummyVecEnv of Monitor-wrapped envs, env i
+    seeded seed + i, under VecNormalize when the block normalises."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = make_vec_env(
+        env.env_id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env.env_kwargs
+    )
+    norm_kwargs = vec_normalize_kwargs(hp)
+    return venv if norm_kwargs is None else VecNormalize(venv, **norm_kwargs)
+
+
 def run_sb3(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str, object]:
     from sb3_contrib import TRPO
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
 
     hp, source = zoo_hyperparams(env)
     model_kwargs, norm_kwargs = sb3_model_kwargs(hp), vec_normalize_kwargs(hp)
@@ -204,12 +215,7 @@ def run_sb3(env: BenchEnv, seed: int, budget: int, eval_every: int) -> dict[str,
     clock = TrainingClock()
     log = EvalLog(eval_every, env.threshold, clock, episodes)
     clock.start()
-    # As rl-zoo builds it: DummyVecEnv of Monitor-wrapped envs, env i seeded seed + i.
-    venv = make_vec_env(
-        env.env_id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env.env_kwargs
-    )
-    if norm_kwargs is not None:
-        venv = VecNormalize(venv, **norm_kwargs)
+    venv = zoo_venv(env, hp, seed)
     model = TRPO(hp.get("policy", "MlpPolicy"), venv, seed=seed, device="cpu", **model_kwargs)
 
     def act(obs: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from harness import ENVS, BenchEnv
-from runners import sb3_model_kwargs, vec_normalize_kwargs, zoo_hyperparams
+from runners import sb3_model_kwargs, zoo_hyperparams, zoo_venv
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,13 @@ class Sb3Batch:
 def sb3_batch(env: BenchEnv, update: int, seed: int) -> Sb3Batch:
     """Train sb3-contrib's TRPO to ``update`` and capture that update."""
     from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
 
     hp, _ = zoo_hyperparams(env)
     if hp.get("use_sde"):  # gSDE's noise weights have no counterpart in this engine's actor
         raise SystemExit(f"--envs {env.key}: rl-zoo's block uses gSDE; only plain Gaussians map")
-    venv = make_vec_env(
-        env.env_id, n_envs=hp.get("n_envs", 1), seed=seed, env_kwargs=env.env_kwargs
-    )
+    venv = zoo_venv(env, hp, seed)
     if len(venv.action_space.shape) != 1:  # Discrete: one categorical, the units agree
         raise SystemExit(f"--envs {env.key}: only Box action spaces have a per-dimension KL")
-    if (norm := vec_normalize_kwargs(hp)) is not None:
-        venv = VecNormalize(venv, **norm)
     captured: dict[str, Any] = {}
 
     class Capturing(TRPO):
